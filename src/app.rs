@@ -1,0 +1,114 @@
+//! The composition root: opens state, builds the job engine, and starts the
+//! transports. The CLI calls into here; nothing below depends on it except
+//! for [`create_private_dir`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::jobs::{JobError, Jobs};
+use crate::store::{Store, StoreError};
+
+/// Errors while starting mcpsh.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Jobs(#[from] JobError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running mcpsh core: state, the job engine, and shutdown plumbing.
+pub struct App {
+    pub config: Config,
+    pub jobs: Jobs,
+    pub tracker: TaskTracker,
+    pub cancel: CancellationToken,
+}
+
+/// Create `path` (and parents) and make it 0700.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Open the state database under the configured state directory.
+pub fn open_store(config: &Config) -> Result<Store, AppError> {
+    create_private_dir(&config.state_dir).map_err(|source| AppError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    Ok(Store::open(&config.db_path())?)
+}
+
+impl App {
+    /// Open state and start the job engine (zygote, re-adoption, quota).
+    /// `exe` is the mcpsh binary that serves as the job zygote.
+    pub async fn start(config: Config, exe: PathBuf) -> Result<App, AppError> {
+        let store = open_store(&config)?;
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let jobs = Jobs::new(
+            config.jobs.clone(),
+            config.jobs_dir(),
+            store,
+            exe,
+            tracker.clone(),
+            cancel.clone(),
+        )?;
+        jobs.start_background().await?;
+        Ok(App {
+            config,
+            jobs,
+            tracker,
+            cancel,
+        })
+    }
+
+    /// Serve Streamable HTTP on `listener` until [`App::shutdown`].
+    pub async fn serve_http(
+        &self,
+        listener: tokio::net::TcpListener,
+        extra_hosts: &[String],
+    ) -> Result<(), AppError> {
+        let addr = listener.local_addr()?;
+        let guard = crate::http::Guard::for_addr(addr, extra_hosts);
+        let service = crate::mcp::http_service(self.jobs.clone(), self.cancel.child_token());
+        let router = crate::http::router(service, guard);
+        crate::http::run(listener, router, self.cancel.clone()).await?;
+        Ok(())
+    }
+
+    /// Serve MCP on stdin/stdout until the client disconnects.
+    pub async fn serve_stdio(&self) -> Result<(), AppError> {
+        crate::mcp::serve_stdio(self.jobs.clone()).await?;
+        Ok(())
+    }
+
+    /// Stop background tasks. Running jobs are not touched: they belong to
+    /// their supervisors and are re-adopted by the next server.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.tracker.wait()).await;
+    }
+}

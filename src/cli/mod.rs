@@ -1,0 +1,106 @@
+//! Command-line interface: one file per subcommand. Parses arguments, loads
+//! config and calls into `app`/`jobs`; the only place (with `main.rs`) that
+//! uses `anyhow`.
+
+mod config_cmd;
+mod jobs_cmd;
+mod serve;
+mod stdio;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcpsh",
+    version,
+    about = "A shell, durable jobs and files for AI agents over MCP"
+)]
+pub struct Cli {
+    /// State directory (database, job spools); overrides MCPSH_STATE_DIR.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Config file; overrides MCPSH_CONFIG.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve MCP over Streamable HTTP at /mcp.
+    Serve(serve::ServeArgs),
+    /// Serve MCP over stdin/stdout (for a client that spawns mcpsh).
+    Stdio,
+    /// List jobs (running ones unless --all).
+    Jobs(jobs_cmd::JobsArgs),
+    /// Act on one job.
+    Job {
+        #[command(subcommand)]
+        action: jobs_cmd::JobAction,
+    },
+    /// Show configuration.
+    Config {
+        #[command(subcommand)]
+        action: config_cmd::ConfigAction,
+    },
+}
+
+/// Parse arguments and run; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcpsh: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mcpsh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Serve(args) => serve::run(config, args).await,
+        Command::Stdio => stdio::run(config).await,
+        Command::Jobs(args) => jobs_cmd::list(config, args).await,
+        Command::Job { action } => jobs_cmd::act(config, action).await,
+        Command::Config { action } => config_cmd::run(config, action),
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let overrides = |k: &str| -> Option<String> {
+        match k {
+            "MCPSH_CONFIG" if cli.config.is_some() => {
+                cli.config.as_ref().map(|p| p.display().to_string())
+            }
+            "MCPSH_STATE_DIR" if cli.state_dir.is_some() => {
+                cli.state_dir.as_ref().map(|p| p.display().to_string())
+            }
+            _ => std::env::var(k).ok(),
+        }
+    };
+    Ok(Config::load_with(&overrides)?)
+}
+
+/// The running binary, which doubles as the job zygote.
+fn current_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot locate the mcpsh binary: {e}"))
+}

@@ -1,0 +1,661 @@
+//! Server side of the job engine: starting jobs through the zygote, watching
+//! them over their control sockets, recording their ends in the store,
+//! re-adopting them after a restart, and keeping spool usage under the quota.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::proto::{CONTROL_SOCKET, Event, ExitStatus, Request, STATUS_FILE, Spec, StdinMode};
+use super::spool::SpoolReader;
+use super::{JobError, id, now_ms, procs, zygote::Zygote};
+use crate::config::JobsConfig;
+use crate::store::{JobEnd, JobRow, JobStatus, Store};
+
+/// Live view of a running job, published by its watcher.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Bytes of output so far.
+    pub bytes: u64,
+    /// Set once the job has ended and its row is final.
+    pub end: Option<JobStatus>,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub cmd: String,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub stdin: StdinMode,
+    /// Pseudo-terminal size, if any.
+    pub tty: Option<(u16, u16)>,
+    pub title: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+/// Handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: JobsConfig,
+    dir: PathBuf,
+    store: Store,
+    zygote: Zygote,
+    shell: String,
+    home: PathBuf,
+    live: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    cleanup: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+impl Jobs {
+    /// Create the engine over `jobs_dir` (created 0700). `exe` is this binary,
+    /// used to start the zygote.
+    pub fn new(
+        cfg: JobsConfig,
+        jobs_dir: PathBuf,
+        store: Store,
+        exe: PathBuf,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<Jobs, JobError> {
+        crate::app::create_private_dir(&jobs_dir)?;
+        let shell = ["/bin/bash", "/usr/bin/bash", "/bin/sh"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("/bin/sh")
+            .to_owned();
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| "/".into());
+        Ok(Jobs {
+            inner: Arc::new(Inner {
+                cfg,
+                dir: jobs_dir,
+                store,
+                zygote: Zygote::new(exe),
+                shell,
+                home,
+                live: Mutex::new(HashMap::new()),
+                tracker,
+                cancel,
+                cleanup: Notify::new(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &JobsConfig {
+        &self.inner.cfg
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Start the zygote, re-adopt jobs left running by an earlier server, and
+    /// start the quota cleaner.
+    pub async fn start_background(&self) -> Result<(), JobError> {
+        self.inner.zygote.warm().await?;
+        let store = self.inner.store.clone();
+        let rows = blocking(move || {
+            store.list_jobs(&crate::store::JobFilter {
+                status: Some(JobStatus::Running),
+                limit: 100_000,
+                ..Default::default()
+            })
+        })
+        .await?;
+        for row in rows {
+            if row.host == "local" {
+                self.adopt(row).await;
+            }
+        }
+        let this = self.clone();
+        self.inner
+            .tracker
+            .spawn(async move { this.quota_loop().await });
+        self.inner.cleanup.notify_one();
+        Ok(())
+    }
+
+    fn job_dir(&self, id: &str) -> PathBuf {
+        self.inner.dir.join(id)
+    }
+
+    /// Start a job; returns its id once the supervisor runs.
+    pub async fn start(&self, req: StartRequest) -> Result<String, JobError> {
+        let inner = &self.inner;
+        if req.cmd.trim().is_empty() {
+            return Err(JobError::Invalid(
+                "cmd is empty; pass the shell command to run".into(),
+            ));
+        }
+        validate_env(&req.env)?;
+        let cwd = req.cwd.clone().unwrap_or_else(|| inner.home.clone());
+        if !cwd.is_dir() {
+            return Err(JobError::Invalid(format!(
+                "cwd {} does not exist or is not a directory; pass an existing directory",
+                cwd.display()
+            )));
+        }
+        let store = inner.store.clone();
+        let max = inner.cfg.max_concurrent;
+        let title = req.title.clone();
+        let cmd = req.cmd.clone();
+        let cwd_s = cwd.to_string_lossy().into_owned();
+        let tty = req.tty.is_some();
+        let interactive = req.stdin == StdinMode::Interactive;
+        let dir_root = inner.dir.clone();
+        let id = blocking(move || -> Result<String, JobError> {
+            let running = store.count_running()?;
+            if running >= max {
+                return Err(JobError::TooMany { running, max });
+            }
+            for _ in 0..16 {
+                let id = id::new_id(title.as_deref(), &cmd);
+                let row = JobRow {
+                    id: id.clone(),
+                    host: "local".into(),
+                    title: title.clone(),
+                    cmd: cmd.clone(),
+                    cwd: Some(cwd_s.clone()),
+                    status: JobStatus::Running,
+                    exit_code: None,
+                    signal: None,
+                    reason: None,
+                    created_ms: now_ms(),
+                    ended_ms: None,
+                    sup_pid: None,
+                    sup_start: None,
+                    total_bytes: 0,
+                    total_lines: 0,
+                    poll_cursor: 0,
+                    tty,
+                    interactive,
+                    spool_deleted: false,
+                };
+                if store.insert_job(&row)? {
+                    crate::app::create_private_dir(&dir_root.join(&id))?;
+                    return Ok(id);
+                }
+            }
+            Err(JobError::Spawn("could not allocate a unique job id".into()))
+        })
+        .await?;
+
+        let mut env = vec![
+            ("NO_COLOR".to_owned(), "1".to_owned()),
+            ("PAGER".to_owned(), "cat".to_owned()),
+            ("GIT_PAGER".to_owned(), "cat".to_owned()),
+            ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
+            (
+                "TERM".to_owned(),
+                if tty { "xterm-256color" } else { "dumb" }.to_owned(),
+            ),
+            ("MCPSH_JOB".to_owned(), id.clone()),
+        ];
+        env.extend(req.env);
+        let timeout_ms = match (req.timeout, inner.cfg.max_runtime) {
+            (Some(t), 0) => Some(t.as_millis() as u64),
+            (Some(t), max) => Some((t.as_millis() as u64).min(max * 1000)),
+            (None, 0) => None,
+            (None, max) => Some(max * 1000),
+        };
+        let spec = Spec {
+            id: id.clone(),
+            dir: self.job_dir(&id),
+            cmd: req.cmd,
+            shell: inner.shell.clone(),
+            cwd,
+            env,
+            stdin: req.stdin,
+            tty: req.tty,
+            timeout_ms,
+            timeout_grace_ms: inner.cfg.timeout_grace_ms,
+            segment_size: inner.cfg.segment_size,
+            output_cap: inner.cfg.output_cap,
+        };
+        let pid = match inner.zygote.fork(&spec).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                let end = JobEnd {
+                    status: JobStatus::Failed,
+                    exit_code: None,
+                    signal: None,
+                    reason: Some(e.to_string()),
+                    ended_ms: now_ms(),
+                    total_bytes: 0,
+                    total_lines: 0,
+                };
+                let store = inner.store.clone();
+                let jid = id.clone();
+                let _ = blocking(move || store.finish_job(&jid, &end)).await;
+                return Err(e);
+            }
+        };
+        let start = procs::stat(pid).map(|s| s.start).unwrap_or(0);
+        let (tx, rx) = watch::channel(Progress::default());
+        lock(&inner.live).insert(id.clone(), rx);
+        let store = inner.store.clone();
+        let jid = id.clone();
+        blocking(move || store.set_supervisor(&jid, pid, start)).await?;
+        let this = self.clone();
+        let jid = id.clone();
+        inner
+            .tracker
+            .spawn(async move { this.watch_job(jid, pid, start, tx).await });
+        Ok(id)
+    }
+
+    /// Re-adopt a job a previous server left running, or settle it.
+    async fn adopt(&self, row: JobRow) {
+        let dir = self.job_dir(&row.id);
+        if let Some(status) = read_status(&dir) {
+            self.finalize(&row.id, status).await;
+            return;
+        }
+        match (row.sup_pid, row.sup_start) {
+            (Some(pid), Some(start)) if procs::same_process_alive(pid, start) => {
+                let (tx, rx) = watch::channel(Progress::default());
+                lock(&self.inner.live).insert(row.id.clone(), rx);
+                let this = self.clone();
+                self.inner.tracker.spawn(async move { this.watch_job(row.id, pid, start, tx).await });
+            }
+            _ => {
+                self.mark_lost(&row.id, "its supervisor process is gone and left no exit status (was the machine rebooted?)")
+                    .await
+            }
+        }
+    }
+
+    async fn watch_job(&self, id: String, pid: i32, start: u64, tx: watch::Sender<Progress>) {
+        let dir = self.job_dir(&id);
+        let sock = dir.join(CONTROL_SOCKET);
+        loop {
+            if let Ok(stream) = UnixStream::connect(&sock).await {
+                let (read, mut write) = stream.into_split();
+                let mut line = serde_json::to_vec(&Request::Watch).unwrap_or_default();
+                line.push(b'\n');
+                if write.write_all(&line).await.is_ok() {
+                    let mut lines = BufReader::new(read).lines();
+                    loop {
+                        let next = tokio::select! {
+                            l = lines.next_line() => l,
+                            _ = self.inner.cancel.cancelled() => return,
+                        };
+                        match next {
+                            Ok(Some(l)) => match serde_json::from_str::<Event>(&l) {
+                                Ok(Event::Out { bytes }) => {
+                                    tx.send_modify(|p| p.bytes = bytes);
+                                }
+                                Ok(Event::Exit(status)) => {
+                                    let end = self.finalize(&id, status).await;
+                                    tx.send_modify(|p| p.end = Some(end));
+                                    lock(&self.inner.live).remove(&id);
+                                    return;
+                                }
+                                _ => {}
+                            },
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            if let Some(status) = read_status(&dir) {
+                let end = self.finalize(&id, status).await;
+                tx.send_modify(|p| p.end = Some(end));
+                lock(&self.inner.live).remove(&id);
+                return;
+            }
+            if !procs::same_process_alive(pid, start) {
+                // It may have written its status just before exiting.
+                let end = match read_status(&dir) {
+                    Some(status) => self.finalize(&id, status).await,
+                    None => {
+                        self.mark_lost(
+                            &id,
+                            "its supervisor process exited without recording an exit status",
+                        )
+                        .await;
+                        JobStatus::Lost
+                    }
+                };
+                tx.send_modify(|p| p.end = Some(end));
+                lock(&self.inner.live).remove(&id);
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = self.inner.cancel.cancelled() => return,
+            }
+        }
+    }
+
+    async fn finalize(&self, id: &str, status: ExitStatus) -> JobStatus {
+        let dir = self.job_dir(id);
+        let store = self.inner.store.clone();
+        let id = id.to_owned();
+        let end = blocking(move || {
+            let end = end_from_status(&dir, &status);
+            let _ = store.finish_job(&id, &end);
+            end.status
+        })
+        .await;
+        self.inner.cleanup.notify_one();
+        end
+    }
+
+    async fn mark_lost(&self, id: &str, reason: &str) {
+        let store = self.inner.store.clone();
+        let dir = self.job_dir(id);
+        let id = id.to_owned();
+        let reason = reason.to_owned();
+        blocking(move || {
+            let (total_bytes, total_lines) = spool_totals(&dir);
+            let _ = store.finish_job(
+                &id,
+                &JobEnd {
+                    status: JobStatus::Lost,
+                    exit_code: None,
+                    signal: None,
+                    reason: Some(reason),
+                    ended_ms: now_ms(),
+                    total_bytes,
+                    total_lines,
+                },
+            );
+        })
+        .await;
+    }
+
+    /// The live progress channel of a job this server watches.
+    pub fn progress(&self, id: &str) -> Option<watch::Receiver<Progress>> {
+        lock(&self.inner.live).get(id).cloned()
+    }
+
+    /// The progress channel of `id`, adopting it first if it runs but no watcher
+    /// of this server follows it (it was started by another mcpsh process).
+    /// `None` when the job is not running.
+    async fn watched(&self, id: &str) -> Option<watch::Receiver<Progress>> {
+        if let Some(rx) = self.progress(id) {
+            return Some(rx);
+        }
+        let row = self.row(id).await.ok()?;
+        if row.status.is_final() {
+            return None;
+        }
+        self.adopt(row).await;
+        self.progress(id)
+    }
+
+    /// Wait until the job ends, its output grows past `beyond` bytes (when
+    /// given), `deadline` passes, or `cancel` fires; returns at once for a job
+    /// that is not running (read its row for the outcome). `on_tick` is called about
+    /// once a second with the current progress (for progress notifications).
+    pub async fn wait(
+        &self,
+        id: &str,
+        deadline: tokio::time::Instant,
+        beyond: Option<u64>,
+        cancel: &CancellationToken,
+        mut on_tick: impl FnMut(&Progress),
+    ) -> Progress {
+        let Some(mut rx) = self.watched(id).await else {
+            return Progress::default();
+        };
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        loop {
+            {
+                let p = rx.borrow_and_update();
+                if p.end.is_some() || beyond.is_some_and(|b| p.bytes > b) {
+                    return p.clone();
+                }
+            }
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return rx.borrow().clone();
+                    }
+                }
+                _ = tick.tick() => on_tick(&rx.borrow()),
+                _ = tokio::time::sleep_until(deadline) => return rx.borrow().clone(),
+                _ = cancel.cancelled() => return rx.borrow().clone(),
+            }
+        }
+    }
+
+    /// Row for `id`, or NotFound.
+    pub async fn row(&self, id: &str) -> Result<JobRow, JobError> {
+        let store = self.inner.store.clone();
+        let jid = id.to_owned();
+        blocking(move || store.get_job(&jid))
+            .await?
+            .ok_or_else(|| JobError::NotFound(id.to_owned()))
+    }
+
+    /// Open the spool of `id` (a snapshot of its current length).
+    pub async fn spool(&self, id: &str) -> Result<SpoolReader, JobError> {
+        let dir = self.job_dir(id);
+        let id = id.to_owned();
+        blocking(move || {
+            SpoolReader::open(&dir).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    JobError::Invalid(format!(
+                        "the output of job {id} is no longer stored (removed by the spool quota)"
+                    ))
+                } else {
+                    JobError::Io(e)
+                }
+            })
+        })
+        .await
+    }
+
+    pub async fn set_poll_cursor(&self, id: &str, cursor: u64) -> Result<(), JobError> {
+        let store = self.inner.store.clone();
+        let id = id.to_owned();
+        Ok(blocking(move || store.set_poll_cursor(&id, cursor)).await?)
+    }
+
+    pub async fn list(&self, filter: crate::store::JobFilter) -> Result<Vec<JobRow>, JobError> {
+        let store = self.inner.store.clone();
+        Ok(blocking(move || store.list_jobs(&filter)).await?)
+    }
+
+    /// Send a control request to a running job.
+    pub async fn control(&self, id: &str, req: Request) -> Result<Event, JobError> {
+        let row = self.row(id).await?;
+        if row.status.is_final() {
+            return Err(JobError::NotRunning(format!(
+                "{id} ({})",
+                row.status.as_str()
+            )));
+        }
+        control_request(&self.job_dir(id), &req).await
+    }
+
+    /// Kill the job's whole process tree and wait for it to be recorded.
+    pub async fn kill(&self, id: &str) -> Result<(Event, JobRow), JobError> {
+        let grace = self.inner.cfg.kill_grace_ms;
+        let ev = self.control(id, Request::Kill { grace_ms: grace }).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        self.wait(id, deadline, None, &CancellationToken::new(), |_| {})
+            .await;
+        Ok((ev, self.row(id).await?))
+    }
+
+    async fn quota_loop(&self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.cleanup.notified() => {}
+                _ = self.inner.cancel.cancelled() => return,
+            }
+            let store = self.inner.store.clone();
+            let dir = self.inner.dir.clone();
+            let quota = self.inner.cfg.spool_quota;
+            let _ = blocking(move || enforce_quota(&store, &dir, quota)).await;
+            // Debounce: at most one sweep per second however many jobs end.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.inner.cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+fn validate_env(env: &[(String, String)]) -> Result<(), JobError> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(JobError::Invalid(format!(
+                "env variable {k:?} is not valid: names must be non-empty without '=' and neither may contain NUL"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Read `status.json` from a job directory.
+pub fn read_status(dir: &Path) -> Option<ExitStatus> {
+    let text = std::fs::read(dir.join(STATUS_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn spool_totals(dir: &Path) -> (u64, u64) {
+    match SpoolReader::open(dir) {
+        Ok(r) => (r.len(), r.total_lines().unwrap_or(0)),
+        Err(_) => (0, 0),
+    }
+}
+
+fn end_from_status(dir: &Path, status: &ExitStatus) -> JobEnd {
+    let (total_bytes, total_lines) = spool_totals(dir);
+    JobEnd {
+        status: JobStatus::parse(&status.status).unwrap_or(JobStatus::Failed),
+        exit_code: status.exit_code,
+        signal: status.signal,
+        reason: status.reason.clone(),
+        ended_ms: status.ended_ms,
+        total_bytes: total_bytes.max(status.total_bytes),
+        total_lines,
+    }
+}
+
+/// Settle a `running` row without a server: used by the CLI so `mcpsh jobs`
+/// shows the truth even when no server is up. Returns the row as it now stands.
+pub fn reconcile_row(store: &Store, jobs_dir: &Path, row: JobRow) -> JobRow {
+    if row.status.is_final() {
+        return row;
+    }
+    let dir = jobs_dir.join(&row.id);
+    let end = match read_status(&dir) {
+        Some(status) => end_from_status(&dir, &status),
+        None => match (row.sup_pid, row.sup_start) {
+            (Some(pid), Some(start)) if procs::same_process_alive(pid, start) => return row,
+            // Just created: the supervisor may not be recorded yet.
+            (None, _) if now_ms() - row.created_ms < 10_000 => return row,
+            _ => {
+                let (total_bytes, total_lines) = spool_totals(&dir);
+                JobEnd {
+                    status: JobStatus::Lost,
+                    exit_code: None,
+                    signal: None,
+                    reason: Some("its supervisor process is gone and left no exit status".into()),
+                    ended_ms: now_ms(),
+                    total_bytes,
+                    total_lines,
+                }
+            }
+        },
+    };
+    let _ = store.finish_job(&row.id, &end);
+    store.get_job(&row.id).ok().flatten().unwrap_or(row)
+}
+
+/// One request/response exchange on a job's control socket.
+pub async fn control_request(dir: &Path, req: &Request) -> Result<Event, JobError> {
+    let sock = dir.join(CONTROL_SOCKET);
+    let stream = UnixStream::connect(&sock).await.map_err(|e| {
+        JobError::Control(format!(
+            "cannot reach the job's supervisor ({e}); the job has probably just ended"
+        ))
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(req).map_err(|e| JobError::Control(e.to_string()))?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut lines = BufReader::new(read).lines();
+    let reply = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .map_err(|_| JobError::Control("the supervisor did not answer within 15 s".into()))??;
+    let reply =
+        reply.ok_or_else(|| JobError::Control("the supervisor closed the connection".into()))?;
+    serde_json::from_str(&reply).map_err(|e| JobError::Control(format!("bad reply: {e}")))
+}
+
+/// Delete spools of the oldest finished jobs until the total is within `quota`.
+fn enforce_quota(store: &Store, jobs_dir: &Path, quota: u64) -> Result<(), JobError> {
+    let finished = store.finished_with_spool()?;
+    let sizes: Vec<(String, u64)> = finished
+        .into_iter()
+        .map(|(id, _)| {
+            let size = dir_size(&jobs_dir.join(&id));
+            (id, size)
+        })
+        .collect();
+    let mut total: u64 = sizes.iter().map(|(_, s)| s).sum();
+    for (id, size) in sizes {
+        if total <= quota {
+            break;
+        }
+        let dir = jobs_dir.join(&id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(job = %id, "cannot remove spool: {e}");
+                continue;
+            }
+        }
+        store.mark_spool_deleted(&id)?;
+        total -= size;
+    }
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,51 @@
+//! The job engine: every `bash` call is a job with a short id, a SQLite row and
+//! an on-disk spool. Local jobs run under a supervisor process (forked by the
+//! zygote) that outlives the server; the server watches them through their
+//! control sockets and re-adopts them after a restart.
+//!
+//! This module never speaks MCP or HTTP; it offers typed operations
+//! ([`Jobs::start`], [`Jobs::wait`], [`Jobs::kill`], ...) that `mcp/` and `cli/` call.
+
+mod engine;
+pub mod id;
+pub mod keys;
+pub mod output;
+pub mod procs;
+pub mod proto;
+pub mod render;
+pub mod spool;
+pub mod supervisor;
+pub mod zygote;
+
+pub use engine::{Jobs, Progress, StartRequest, control_request, read_status, reconcile_row};
+
+/// Errors the job engine reports. Messages are written for a model to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("no job with id {0:?}; list jobs with job action=list")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "too many jobs running ({running} of {max}); wait for one to finish, or kill one with job action=kill"
+    )]
+    TooMany { running: usize, max: usize },
+    #[error("could not start the job: {0}")]
+    Spawn(String),
+    #[error("job {0} is not running")]
+    NotRunning(String),
+    #[error("job control: {0}")]
+    Control(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("job files: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,561 @@
+//! The per-job supervisor: runs in its own process (forked from the zygote, in
+//! its own session, a child subreaper), owns the job's child, drains its output
+//! into the spool, enforces the timeout, serves the control socket and writes
+//! the exit status atomically. It never touches SQLite and never talks to the
+//! server except through the control socket, so it outlives server restarts.
+
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener as StdListener;
+use std::os::unix::net::UnixStream as StdStream;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rustix::process::{Pid, Signal, WaitOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::proto::{
+    CONTROL_SOCKET, Event, ExitStatus, KillReport, Request, STATUS_FILE, Spec, StdinMode,
+};
+use super::render::TtyRender;
+use super::spool::SpoolWriter;
+use super::{now_ms, procs};
+
+/// How long output may keep flowing after the main process exits (background
+/// children holding the pipe) before the job is finalized.
+const LINGER: Duration = Duration::from_millis(100);
+/// Minimum spacing of `Out` events to watchers.
+const EVENT_EVERY: Duration = Duration::from_millis(20);
+/// A partial TTY line is published after this much quiet.
+const PARTIAL_AFTER: Duration = Duration::from_millis(100);
+
+/// Entry point in the forked supervisor process; returns the process exit code.
+pub fn run(spec: Spec, listener: StdListener) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            write_status(&spec, &failed(format!("supervisor runtime: {e}"), 0));
+            return 1;
+        }
+    };
+    rt.block_on(supervise(spec, listener))
+}
+
+fn failed(reason: String, total_bytes: u64) -> ExitStatus {
+    ExitStatus {
+        status: "failed".into(),
+        exit_code: None,
+        signal: None,
+        reason: Some(reason),
+        ended_ms: now_ms(),
+        total_bytes,
+        kill: None,
+    }
+}
+
+/// State shared between the main loop and control-connection tasks.
+struct Ctx {
+    child_pid: i32,
+    stdin: Option<mpsc::Sender<StdinMsg>>,
+    pty: Option<OwnedFd>,
+    watchers: Mutex<Vec<StdStream>>,
+    total: Mutex<u64>,
+    /// Set by a kill or timeout: the report and whether it was a timeout.
+    ended_by: Mutex<Option<(bool, KillReport)>>,
+    kill_started: Mutex<bool>,
+}
+
+enum StdinMsg {
+    Data(Vec<u8>),
+    Eof,
+}
+
+struct Spawned {
+    pid: i32,
+    output: OwnedFd,
+    input: Option<OwnedFd>,
+    pty: Option<OwnedFd>,
+}
+
+async fn supervise(spec: Spec, listener: StdListener) -> i32 {
+    // Reaping must be armed before the child exists, or an instant exit is missed.
+    let mut sigchld = match signal(SignalKind::child()) {
+        Ok(s) => s,
+        Err(e) => {
+            write_status(&spec, &failed(format!("cannot watch child exits: {e}"), 0));
+            return 1;
+        }
+    };
+    let mut spool = match SpoolWriter::create(&spec.dir, spec.segment_size, spec.output_cap) {
+        Ok(s) => s,
+        Err(e) => {
+            write_status(
+                &spec,
+                &failed(format!("cannot create the output spool: {e}"), 0),
+            );
+            return 1;
+        }
+    };
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            write_status(&spec, &failed(format!("control socket unusable: {e}"), 0));
+            return 1;
+        }
+    };
+    let spawned = match spawn(&spec) {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!(
+                "could not start `{}` in {}: {e}",
+                spec.shell,
+                spec.cwd.display()
+            );
+            let status = failed(why, 0);
+            write_status(&spec, &status);
+            finish_listener(listener, &spec, &status);
+            return 1;
+        }
+    };
+
+    let stdin_tx = spawned.input.map(|fd| {
+        let (tx, rx) = mpsc::channel(64);
+        std::thread::spawn(move || stdin_pump(fd, rx));
+        tx
+    });
+    if let (Some(tx), StdinMode::Text(text)) = (&stdin_tx, &spec.stdin) {
+        let _ = tx.send(StdinMsg::Data(text.clone().into_bytes())).await;
+        let eof = if spec.tty.is_some() {
+            StdinMsg::Data(vec![4])
+        } else {
+            StdinMsg::Eof
+        };
+        let _ = tx.send(eof).await;
+    }
+    let ctx = Arc::new(Ctx {
+        child_pid: spawned.pid,
+        stdin: stdin_tx,
+        pty: spawned.pty,
+        watchers: Mutex::new(Vec::new()),
+        total: Mutex::new(0),
+        ended_by: Mutex::new(None),
+        kill_started: Mutex::new(false),
+    });
+
+    // Output is read by a plain thread (blocking reads work the same on a pipe
+    // and a pty master); a bounded channel caps what is in flight.
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(16);
+    let output = spawned.output;
+    std::thread::spawn(move || output_pump(output, out_tx));
+    let mut render = spec.tty.map(|_| TtyRender::default());
+    let timeout_at = spec
+        .timeout_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let mut main_status: Option<rustix::process::WaitStatus> = reap(spawned.pid);
+    let mut linger_until: Option<tokio::time::Instant> =
+        main_status.map(|_| tokio::time::Instant::now() + LINGER);
+    let mut output_open = true;
+    let mut event_due: Option<tokio::time::Instant> = None;
+    let mut partial_due: Option<tokio::time::Instant> = None;
+    let mut last_event = Instant::now() - EVENT_EVERY;
+    let mut rendered = Vec::with_capacity(64 * 1024);
+    let mut write_error: Option<String> = None;
+
+    loop {
+        if !output_open && main_status.is_some() {
+            break;
+        }
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
+        tokio::select! {
+            chunk = out_rx.recv(), if output_open => {
+                let Some(chunk) = chunk else {
+                    output_open = false;
+                    continue;
+                };
+                let bytes: &[u8] = match render.as_mut() {
+                    Some(r) => {
+                        rendered.clear();
+                        r.feed(&chunk, &mut rendered);
+                        partial_due = r.has_partial().then(|| tokio::time::Instant::now() + PARTIAL_AFTER);
+                        &rendered
+                    }
+                    None => &chunk,
+                };
+                if let Err(e) = spool.write(bytes) {
+                    write_error.get_or_insert_with(|| format!("output spool write failed (output after byte {} lost): {e}", spool.total()));
+                }
+                *lock(&ctx.total) = spool.total();
+                if last_event.elapsed() >= EVENT_EVERY {
+                    last_event = Instant::now();
+                    broadcast(&ctx, &Event::Out { bytes: spool.total() });
+                    event_due = None;
+                } else if event_due.is_none() {
+                    event_due = Some(tokio::time::Instant::now() + EVENT_EVERY);
+                }
+            }
+            _ = sigchld.recv() => {
+                if main_status.is_none() {
+                    main_status = reap(spawned.pid);
+                    if main_status.is_some() {
+                        linger_until = Some(tokio::time::Instant::now() + LINGER);
+                    }
+                } else {
+                    reap(spawned.pid);
+                }
+            }
+            conn = listener.accept() => {
+                if let Ok((stream, _)) = conn {
+                    tokio::spawn(serve_conn(ctx.clone(), stream));
+                }
+            }
+            _ = tokio::time::sleep_until(event_due.unwrap_or(far)), if event_due.is_some() => {
+                event_due = None;
+                last_event = Instant::now();
+                broadcast(&ctx, &Event::Out { bytes: spool.total() });
+            }
+            _ = tokio::time::sleep_until(partial_due.unwrap_or(far)), if partial_due.is_some() => {
+                partial_due = None;
+                if let Some(r) = render.as_mut() {
+                    rendered.clear();
+                    r.flush_partial(&mut rendered);
+                    let _ = spool.write(&rendered);
+                    *lock(&ctx.total) = spool.total();
+                    broadcast(&ctx, &Event::Out { bytes: spool.total() });
+                }
+            }
+            _ = tokio::time::sleep_until(timeout_at.unwrap_or(far)), if timeout_at.is_some() && main_status.is_none() && !*lock(&ctx.kill_started) => {
+                start_kill(&ctx, true, Duration::from_millis(spec.timeout_grace_ms));
+            }
+            _ = tokio::time::sleep_until(linger_until.unwrap_or(far)), if linger_until.is_some() => {
+                break;
+            }
+        }
+    }
+
+    if let Some(r) = render.as_mut() {
+        rendered.clear();
+        r.flush_partial(&mut rendered);
+        let _ = spool.write(&rendered);
+    }
+    // A kill in progress reports what it verified before the status is written.
+    while *lock(&ctx.kill_started) && lock(&ctx.ended_by).is_none() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ended_by = lock(&ctx.ended_by).clone();
+    let status = exit_status(main_status, ended_by, spool.total(), write_error);
+    write_status(&spec, &status);
+    broadcast(&ctx, &Event::Exit(status.clone()));
+    drop(ctx);
+    finish_listener(listener, &spec, &status);
+    0
+}
+
+fn exit_status(
+    main: Option<rustix::process::WaitStatus>,
+    ended_by: Option<(bool, KillReport)>,
+    total_bytes: u64,
+    write_error: Option<String>,
+) -> ExitStatus {
+    let exit_code = main.and_then(|s| s.exit_status());
+    let signal = main.and_then(|s| s.terminating_signal());
+    let (status, kill, reason) = match ended_by {
+        Some((true, k)) => (
+            "timed_out",
+            Some(k),
+            Some("timeout reached; process tree killed".to_owned()),
+        ),
+        Some((false, k)) => ("killed", Some(k), None),
+        None => ("exited", None, None),
+    };
+    ExitStatus {
+        status: status.into(),
+        exit_code,
+        signal,
+        reason: write_error.or(reason),
+        ended_ms: now_ms(),
+        total_bytes,
+        kill,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reap every exited child (we are a subreaper, so orphans land here too);
+/// return the main child's status if it was among them.
+fn reap(main_pid: i32) -> Option<rustix::process::WaitStatus> {
+    let mut main = None;
+    while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
+        if pid.as_raw_nonzero().get() == main_pid {
+            main = Some(status);
+        }
+    }
+    main
+}
+
+fn start_kill(ctx: &Arc<Ctx>, timeout: bool, grace: Duration) {
+    {
+        let mut started = lock(&ctx.kill_started);
+        if *started {
+            return;
+        }
+        *started = true;
+    }
+    let ctx = ctx.clone();
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    tokio::task::spawn_blocking(move || {
+        let report = procs::kill_tree(me, grace);
+        *lock(&ctx.ended_by) = Some((timeout, report));
+    });
+}
+
+fn broadcast(ctx: &Ctx, ev: &Event) {
+    let Ok(mut line) = serde_json::to_vec(ev) else {
+        return;
+    };
+    line.push(b'\n');
+    lock(&ctx.watchers).retain_mut(|w| w.write_all(&line).is_ok());
+}
+
+async fn serve_conn(ctx: Arc<Ctx>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let req = match tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+        Ok(Ok(Some(line))) => serde_json::from_str::<Request>(&line),
+        _ => return,
+    };
+    let reply = match req {
+        Err(e) => Event::Error { message: format!("bad request: {e}") },
+        Ok(Request::Watch) => {
+            let Ok(stream) = lines.into_inner().into_inner().reunite(write) else { return };
+            let Ok(std) = stream.into_std() else { return };
+            // Blocking with a short send timeout: a stuck reader is dropped, never waited on.
+            let _ = std.set_nonblocking(false);
+            let _ = std.set_write_timeout(Some(Duration::from_millis(200)));
+            let bytes = *lock(&ctx.total);
+            let mut std = std;
+            if let Ok(mut l) = serde_json::to_vec(&Event::Out { bytes }) {
+                l.push(b'\n');
+                if std.write_all(&l).is_ok() {
+                    lock(&ctx.watchers).push(std);
+                }
+            }
+            return;
+        }
+        Ok(Request::Write { data, eof }) => match base64::engine::general_purpose::STANDARD.decode(data) {
+            Err(e) => Event::Error { message: format!("bad base64: {e}") },
+            Ok(bytes) => match &ctx.stdin {
+                None => Event::Error {
+                    message: "this job's stdin is closed; start it with interactive=true or tty=true to write to it".into(),
+                },
+                Some(tx) => {
+                    let mut ok = bytes.is_empty() || tx.send(StdinMsg::Data(bytes)).await.is_ok();
+                    if eof {
+                        ok &= tx.send(StdinMsg::Eof).await.is_ok();
+                    }
+                    if ok {
+                        Event::Ok { detail: None }
+                    } else {
+                        Event::Error { message: "the job no longer reads its stdin".into() }
+                    }
+                }
+            },
+        },
+        Ok(Request::Signal { signal }) => {
+            let sig = Signal::from_named_raw(signal);
+            let pg = Pid::from_raw(ctx.child_pid);
+            match (sig, pg) {
+                (Some(sig), Some(pg)) => match rustix::process::kill_process_group(pg, sig) {
+                    Ok(()) => Event::Ok { detail: None },
+                    Err(e) => Event::Error { message: format!("signal failed: {e}") },
+                },
+                _ => Event::Error { message: format!("unknown signal {signal}") },
+            }
+        }
+        Ok(Request::Kill { grace_ms }) => {
+            start_kill(&ctx, false, Duration::from_millis(grace_ms));
+            loop {
+                if let Some((_, report)) = lock(&ctx.ended_by).clone() {
+                    break Event::Ok { detail: Some(report) };
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok(Request::Resize { cols, rows }) => match &ctx.pty {
+            None => Event::Error { message: "this job has no terminal; start it with tty=true".into() },
+            Some(m) => {
+                let ws = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                match rustix::termios::tcsetwinsize(m, ws) {
+                    Ok(()) => {
+                        if let Some(pg) = Pid::from_raw(ctx.child_pid) {
+                            let _ = rustix::process::kill_process_group(pg, Signal::WINCH);
+                        }
+                        Event::Ok { detail: None }
+                    }
+                    Err(e) => Event::Error { message: format!("resize failed: {e}") },
+                }
+            }
+        },
+    };
+    if let Ok(mut l) = serde_json::to_vec(&reply) {
+        l.push(b'\n');
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut write, &l).await;
+    }
+}
+
+/// Feed queued input to the job's stdin; EOF (or the queue closing) closes it.
+fn stdin_pump(fd: OwnedFd, mut rx: mpsc::Receiver<StdinMsg>) {
+    let mut f = std::fs::File::from(fd);
+    while let Some(StdinMsg::Data(d)) = rx.blocking_recv() {
+        if f.write_all(&d).is_err() {
+            return;
+        }
+    }
+}
+
+/// Read the job's output until EOF (a pty master reports EIO instead).
+fn output_pump(fd: OwnedFd, tx: mpsc::Sender<Vec<u8>>) {
+    let mut f = std::fs::File::from(fd);
+    loop {
+        let mut buf = vec![0u8; 64 * 1024];
+        match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.blocking_send(buf).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn spawn(spec: &Spec) -> io::Result<Spawned> {
+    let mut cmd = Command::new(&spec.shell);
+    cmd.arg("-c").arg(&spec.cmd).current_dir(&spec.cwd);
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    if let Some((cols, rows)) = spec.tty {
+        let (master, slave) = open_pty(cols, rows)?;
+        cmd.stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave));
+        pty_session(&mut cmd);
+        let child = cmd.spawn()?;
+        drop(cmd);
+        let input = Some(master.try_clone()?);
+        let pty = Some(master.try_clone()?);
+        return Ok(Spawned {
+            pid: child.id() as i32,
+            output: master,
+            input,
+            pty,
+        });
+    }
+    let (read, write) = std::io::pipe()?;
+    cmd.stdout(Stdio::from(write.try_clone()?))
+        .stderr(Stdio::from(write));
+    cmd.stdin(match spec.stdin {
+        StdinMode::Null => Stdio::null(),
+        StdinMode::Text(_) | StdinMode::Interactive => Stdio::piped(),
+    });
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn()?;
+    drop(cmd); // closes our copies of the pipe's write end, so EOF can arrive
+    let input = child.stdin.take().map(OwnedFd::from);
+    Ok(Spawned {
+        pid: child.id() as i32,
+        output: OwnedFd::from(read),
+        input,
+        pty: None,
+    })
+}
+
+fn open_pty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let ws = rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&slave, ws)?;
+    Ok((master, slave))
+}
+
+/// Make the child a session leader with the pty slave (its stdin) as its
+/// controlling terminal, so job control and Ctrl-C work as in a real terminal.
+#[allow(unsafe_code)]
+fn pty_session(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only makes two
+    // async-signal-safe syscalls (setsid, ioctl) without allocating.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(std::io::stdin().as_fd())?;
+            Ok(())
+        });
+    }
+}
+
+/// Write `status.json` atomically (temp file + rename), mode 0600.
+pub fn write_status(spec: &Spec, status: &ExitStatus) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = spec.dir.join(".status.json.tmp");
+    let result = (|| -> io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec(status).map_err(io::Error::other)?)?;
+        std::fs::rename(&tmp, spec.dir.join(STATUS_FILE))
+    })();
+    if let Err(e) = result {
+        tracing::error!(job = %spec.id, "cannot write exit status: {e}");
+    }
+}
+
+/// Answer every connection already queued on the listener with the final
+/// status, then remove the socket so later clients read `status.json`.
+fn finish_listener(listener: UnixListener, spec: &Spec, status: &ExitStatus) {
+    let _ = std::fs::remove_file(spec.dir.join(CONTROL_SOCKET));
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
+    let _ = listener.set_nonblocking(true);
+    if let Ok(mut line) = serde_json::to_vec(&Event::Exit(status.clone())) {
+        line.push(b'\n');
+        while let Ok((mut s, _)) = listener.accept() {
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = s.write_all(&line);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! mcpsh: a shell, durable jobs and files for AI agents over MCP.
+//!
+//! Layout (see ARCHITECTURE.md): `cli` parses commands and calls `app`, the
+//! composition root, which wires `mcp` (tools, rmcp) and `http` (axum) to the
+//! `jobs` engine over `host` and `store`. `config` and `telemetry` are leaves.
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod host;
+pub mod http;
+pub mod jobs;
+pub mod mcp;
+pub mod store;
+pub mod telemetry;

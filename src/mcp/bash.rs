@@ -1,0 +1,187 @@
+//! The `bash` tool: start a job, wait inline up to `wait` seconds, and return
+//! its result or a handle with the output so far.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
+use rmcp::schemars::{self, JsonSchema};
+use rmcp::service::{RequestContext, RoleServer};
+use serde::Deserialize;
+
+use super::render::JobResult;
+use super::{Progress, schema, tool_error};
+use crate::host::Host;
+use crate::jobs::proto::StdinMode;
+use crate::jobs::{Jobs, StartRequest, output};
+
+/// Parameters of `bash`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BashParams {
+    /// The command line, run by `bash -c` (multi-line scripts are fine).
+    pub(crate) cmd: String,
+    /// Machine to run on; default "local".
+    #[serde(default)]
+    pub(crate) host: Option<String>,
+    /// Run on several hosts at once (names, globs like "web-*", "tag:prod"). Needs SSH hosts.
+    #[serde(default)]
+    pub(crate) hosts: Option<Vec<String>>,
+    /// Working directory; default the server user's home.
+    #[serde(default)]
+    pub(crate) cwd: Option<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub(crate) env: Option<BTreeMap<String, String>>,
+    /// Text fed to the command's stdin, followed by EOF. Without it stdin is /dev/null.
+    #[serde(default)]
+    pub(crate) stdin: Option<String>,
+    /// Seconds to wait inline before returning a running job's id (default 10, max 50, 0 = return at once).
+    #[serde(default)]
+    pub(crate) wait: Option<f64>,
+    /// Hard deadline in seconds: when it passes the whole process tree is killed (status timed_out).
+    #[serde(default)]
+    pub(crate) timeout: Option<f64>,
+    /// Run under a pseudo-terminal (for programs that need one); output is rendered as plain text.
+    #[serde(default)]
+    pub(crate) tty: Option<bool>,
+    /// Keep stdin open so `job action=write` can type into the command.
+    #[serde(default)]
+    pub(crate) interactive: Option<bool>,
+    /// Short label; it also names the job id.
+    #[serde(default)]
+    pub(crate) title: Option<String>,
+    /// Inline output budget in bytes (default 16384). Longer output shows head and tail with a cursor for the rest.
+    #[serde(default)]
+    pub(crate) max_output: Option<usize>,
+}
+
+pub(crate) fn tool() -> Tool {
+    Tool::new(
+        "bash",
+        "Run a shell command as a job. Waits up to `wait` seconds (default 10) and returns status, exit code, \
+         duration and a bounded output excerpt (head and tail, with the exact omitted range and the cursor to \
+         read it); a command still running by then keeps running in the background and its job id is returned \
+         for `job` (poll/kill/write). stdin is /dev/null unless `stdin`, `interactive` or `tty` is given, so \
+         prompts fail fast. A non-zero exit sets isError.",
+        schema::<BashParams>(),
+    )
+    .with_raw_output_schema(schema::<JobResult>())
+    .annotate(
+        ToolAnnotations::new()
+            .read_only(false)
+            .destructive(true)
+            .idempotent(false)
+            .open_world(true),
+    )
+}
+
+pub(crate) async fn call(
+    jobs: &Jobs,
+    p: BashParams,
+    ctx: &RequestContext<RoleServer>,
+) -> CallToolResult {
+    match run(jobs, p, ctx).await {
+        Ok(r) => r,
+        Err(msg) => tool_error(msg),
+    }
+}
+
+async fn run(
+    jobs: &Jobs,
+    p: BashParams,
+    ctx: &RequestContext<RoleServer>,
+) -> Result<CallToolResult, String> {
+    let cfg = jobs.config().clone();
+    if p.hosts.as_ref().is_some_and(|h| !h.is_empty()) {
+        return Err("`hosts` fan-out needs SSH hosts, which this build does not have configured; use host=\"local\"".into());
+    }
+    let host = Host::resolve(p.host.as_deref()).map_err(|e| e.to_string())?;
+    let wait = p.wait.unwrap_or(cfg.default_wait);
+    if !wait.is_finite() || wait < 0.0 {
+        return Err(format!(
+            "wait must be between 0 and {} seconds",
+            cfg.max_wait
+        ));
+    }
+    let wait = wait.min(cfg.max_wait);
+    let timeout = match p.timeout {
+        None => None,
+        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) => {
+            return Err(format!(
+                "timeout must be a positive number of seconds, got {t}"
+            ));
+        }
+    };
+    let budget = p
+        .max_output
+        .unwrap_or(cfg.default_max_output)
+        .clamp(256, cfg.max_output_limit);
+    let tty = p.tty.unwrap_or(false);
+    let interactive = p.interactive.unwrap_or(false);
+    let stdin = match (p.stdin, interactive || tty) {
+        (Some(text), false) => StdinMode::Text(text),
+        (Some(_), true) => {
+            return Err("give either `stdin` (text then EOF) or `interactive`/`tty` (write later with job action=write), not both".into());
+        }
+        (None, true) => StdinMode::Interactive,
+        (None, false) => StdinMode::Null,
+    };
+    let req = StartRequest {
+        cmd: p.cmd,
+        cwd: p.cwd.map(Into::into),
+        env: p.env.unwrap_or_default().into_iter().collect(),
+        stdin,
+        tty: tty.then_some((120, 40)),
+        title: p.title,
+        timeout,
+    };
+    let id = jobs.start(req).await.map_err(|e| e.to_string())?;
+    tracing::info!(job = %id, host = host.name(), "started");
+
+    let progress = Progress::new(ctx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+    let waited = jobs
+        .wait(&id, deadline, None, &ctx.ct, |p| {
+            progress.report(&id, p.bytes)
+        })
+        .await;
+    if ctx.ct.is_cancelled() && waited.end.is_none() {
+        let killed = jobs.kill(&id).await;
+        return Err(match killed {
+            Ok(_) => format!("cancelled by the client; job {id} was killed"),
+            Err(e) => format!("cancelled by the client; killing job {id} failed: {e}"),
+        });
+    }
+    result(jobs, &id, budget).await.map(JobResult::into_result)
+}
+
+/// The job's current state with a head+tail excerpt of all its output; the
+/// poll cursor moves to the end of what exists now.
+pub(crate) async fn result(jobs: &Jobs, id: &str, budget: usize) -> Result<JobResult, String> {
+    let row = jobs.row(id).await.map_err(|e| e.to_string())?;
+    let reader = jobs.spool(id).await.map_err(|e| e.to_string())?;
+    let (reader, excerpt, lines) = tokio::task::spawn_blocking(move || {
+        let e = output::excerpt(&reader, budget);
+        let lines = reader.total_lines();
+        (reader, e, lines)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let excerpt = excerpt.map_err(|e| format!("reading output: {e}"))?;
+    let mut r = JobResult::from_row(&row, reader.len(), lines.unwrap_or(0)).with_excerpt(excerpt);
+    if row.status.is_final() {
+        if r.omitted.is_some() {
+            r.hint = Some(format!(
+                "page through everything with job action=poll id={id} cursor=0"
+            ));
+        }
+    } else {
+        r.hint = Some(format!(
+            "still running; follow with job action=poll id={id} wait=30, stop with job action=kill id={id}"
+        ));
+    }
+    let _ = jobs.set_poll_cursor(id, reader.len()).await;
+    Ok(r)
+}
