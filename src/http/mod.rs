@@ -71,7 +71,7 @@ impl Guard {
             .and_then(|h| h.to_str().ok())
             .map(str::to_ascii_lowercase)
             .ok_or("missing Host header")?;
-        if !self.hosts.iter().any(|h| *h == host) {
+        if !self.hosts.contains(&host) {
             return Err("Host not allowed");
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
@@ -79,7 +79,7 @@ impl Guard {
                 .to_str()
                 .map(str::to_ascii_lowercase)
                 .map_err(|_| "bad Origin")?;
-            if !self.origins.iter().any(|o| *o == origin) {
+            if !self.origins.contains(&origin) {
                 return Err("Origin not allowed");
             }
         }

@@ -16,6 +16,7 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::jobs::Jobs;
 
@@ -66,10 +67,17 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let args = request.arguments.unwrap_or_default();
         let span = tracing::info_span!("tool", tool = %request.name);
-        let _enter = span.enter();
         let result = match request.name.as_ref() {
-            "bash" => bash::call(&self.jobs, parse(args)?, &context).await,
-            "job" => job::call(&self.jobs, parse(args)?, &context).await,
+            "bash" => {
+                bash::call(&self.jobs, parse(args)?, &context)
+                    .instrument(span)
+                    .await
+            }
+            "job" => {
+                job::call(&self.jobs, parse(args)?, &context)
+                    .instrument(span)
+                    .await
+            }
             other => {
                 return Err(ErrorData::invalid_params(
                     format!("unknown tool {other:?}; the tools are bash and job"),

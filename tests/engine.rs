@@ -1,0 +1,170 @@
+//! The job engine against real processes: survival across server restarts,
+//! lost-job detection, output caps and the spool quota.
+
+mod support;
+
+use std::time::Duration;
+
+use mcpsh::store::{JobRow, JobStatus};
+use support::{State, all_output, cmd, finished};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_survives_server_restart_with_all_output_and_exit_code() {
+    let state = State::new();
+    let app = state.app().await;
+    let id = app
+        .jobs
+        .start(cmd(
+            "for i in $(seq 1 40); do echo line $i; sleep 0.05; done; exit 7",
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.shutdown().await; // the server goes away mid-job (the zygote dies with it)
+
+    let app = state.app().await; // a new server re-adopts the job
+    let row = finished(&app, &id, 20).await;
+    assert_eq!((row.status, row.exit_code), (JobStatus::Exited, Some(7)));
+    let expected: String = (1..=40).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(
+        String::from_utf8(all_output(&app, &id).await).unwrap(),
+        expected
+    );
+    assert_eq!(row.total_lines, 40);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_row_without_supervisor_is_marked_lost_with_a_reason() {
+    let state = State::new();
+    let store = mcpsh::app::open_store(&state.config()).unwrap();
+    let row = JobRow {
+        id: "ghost-aaaa".into(),
+        host: "local".into(),
+        title: None,
+        cmd: "sleep 1000".into(),
+        cwd: None,
+        status: JobStatus::Running,
+        exit_code: None,
+        signal: None,
+        reason: None,
+        created_ms: 1,
+        ended_ms: None,
+        sup_pid: Some(i32::MAX - 1),
+        sup_start: Some(12345),
+        total_bytes: 0,
+        total_lines: 0,
+        poll_cursor: 0,
+        tty: false,
+        interactive: false,
+        spool_deleted: false,
+    };
+    store.insert_job(&row).unwrap();
+    drop(store);
+    let app = state.app().await;
+    let row = app.jobs.row("ghost-aaaa").await.unwrap();
+    assert_eq!(row.status, JobStatus::Lost);
+    assert!(
+        row.reason.unwrap().contains("supervisor"),
+        "the reason says what happened"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_cap_keeps_head_and_tail_and_reports_the_exact_drop() {
+    let state = State::new();
+    let mut config = state.config();
+    config.jobs.segment_size = 64 * 1024;
+    config.jobs.output_cap = 4 * 64 * 1024;
+    let app = state.app_with(config).await;
+    let id = app.jobs.start(cmd("seq 1 300000")).await.unwrap();
+    let row = finished(&app, &id, 20).await;
+    let real = std::process::Command::new("seq")
+        .args(["1", "300000"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        row.total_bytes,
+        real.len() as u64,
+        "totals count every byte, dropped or not"
+    );
+    assert_eq!(row.total_lines, 300_000);
+    let reader = app.jobs.spool(&id).await.unwrap();
+    let d = reader.dropped().expect("middle dropped");
+    assert_eq!(
+        reader.read(0, d.from as usize).unwrap(),
+        &real[..d.from as usize]
+    );
+    let tail = reader.read(d.to, usize::MAX).unwrap();
+    assert_eq!(tail, &real[d.to as usize..]);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_quota_removes_oldest_finished_jobs_first() {
+    let state = State::new();
+    let mut config = state.config();
+    config.jobs.spool_quota = 300 * 1024;
+    let app = state.app_with(config).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = app
+            .jobs
+            .start(cmd("head -c 150000 /dev/zero"))
+            .await
+            .unwrap();
+        finished(&app, &id, 20).await;
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The cleaner runs at most once a second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let deleted: Vec<bool> = spool_deleted_flags(&app, &ids).await;
+        if deleted == [true, true, false, false] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "quota not enforced: {deleted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let err = app.jobs.spool(&ids[0]).await.unwrap_err();
+    assert!(err.to_string().contains("quota"), "{err}");
+    app.shutdown().await;
+}
+
+async fn spool_deleted_flags(app: &mcpsh::app::App, ids: &[String]) -> Vec<bool> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(app.jobs.row(id).await.unwrap().spool_deleted);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_before_anything_runs() {
+    let state = State::new();
+    let mut config = state.config();
+    config.jobs.max_concurrent = 1;
+    let app = state.app_with(config).await;
+    let mut req = cmd("true");
+    req.cwd = Some("/nonexistent/dir".into());
+    let err = app.jobs.start(req).await.unwrap_err().to_string();
+    assert!(
+        err.contains("/nonexistent/dir") && err.contains("does not exist"),
+        "{err}"
+    );
+    let mut req = cmd("true");
+    req.env = vec![("A=B".into(), "x".into())];
+    assert!(app.jobs.start(req).await.is_err());
+    let long = app.jobs.start(cmd("sleep 5")).await.unwrap();
+    let err = app.jobs.start(cmd("true")).await.unwrap_err().to_string();
+    assert!(err.contains("too many jobs"), "{err}");
+    app.jobs.kill(&long).await.unwrap();
+    assert_eq!(finished(&app, &long, 10).await.status, JobStatus::Killed);
+    app.shutdown().await;
+}
