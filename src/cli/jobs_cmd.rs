@@ -136,30 +136,38 @@ async fn kill(config: &Config, store: &Store, id: &str) -> anyhow::Result<ExitCo
         bail!("job {id} is not running (status {})", row.status.as_str());
     }
     let dir = jobs_dir.join(id);
-    let ev = control_request(
+    let reply = control_request(
         &dir,
         &Request::Kill {
             grace_ms: config.jobs.kill_grace_ms,
         },
     )
-    .await?;
-    match ev {
-        Event::Ok { detail: Some(k) } => println!(
+    .await;
+    if let Ok(Event::Error { message }) = &reply {
+        bail!("kill failed: {message}");
+    }
+    let mut status = None;
+    for _ in 0..200 {
+        status = read_status(&dir);
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The answer can be lost when the job ends as the kill lands; the exit
+    // status records the same report.
+    let report = match reply {
+        Ok(Event::Ok { detail }) => detail,
+        _ => status.and_then(|s| s.kill),
+    };
+    if let Some(k) = report {
+        println!(
             "{id}: {} process(es) terminated, {} needed SIGKILL, {} left{}",
             k.terminated,
             k.killed,
             k.remaining,
             if k.remaining == 0 { " (verified)" } else { "" }
-        ),
-        Event::Exit(_) => println!("{id}: had already ended"),
-        Event::Error { message } => bail!("kill failed: {message}"),
-        _ => {}
-    }
-    for _ in 0..100 {
-        if read_status(&dir).is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        );
     }
     let row = reconcile_row(store, &jobs_dir, find(store, id)?);
     println!("{id}: {}", row.status.as_str());

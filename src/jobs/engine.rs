@@ -13,7 +13,9 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::proto::{CONTROL_SOCKET, Event, ExitStatus, Request, STATUS_FILE, Spec, StdinMode};
+use super::proto::{
+    CONTROL_SOCKET, Event, ExitStatus, KillReport, Request, STATUS_FILE, Spec, StdinMode,
+};
 use super::spool::SpoolReader;
 use super::{JobError, id, now_ms, procs, zygote::Zygote};
 use crate::config::JobsConfig;
@@ -502,13 +504,27 @@ impl Jobs {
     }
 
     /// Kill the job's whole process tree and wait for it to be recorded.
-    pub async fn kill(&self, id: &str) -> Result<(Event, JobRow), JobError> {
+    /// Returns what the kill verified (from the supervisor's answer, or from
+    /// the exit status if the answer was lost as the job ended) and the row.
+    pub async fn kill(&self, id: &str) -> Result<(Option<KillReport>, JobRow), JobError> {
         let grace = self.inner.cfg.kill_grace_ms;
-        let ev = self.control(id, Request::Kill { grace_ms: grace }).await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let reply = self.control(id, Request::Kill { grace_ms: grace }).await;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(grace) + Duration::from_secs(8);
         self.wait(id, deadline, None, &CancellationToken::new(), |_| {})
             .await;
-        Ok((ev, self.row(id).await?))
+        let row = self.row(id).await?;
+        let report = match reply {
+            Ok(Event::Ok { detail }) => detail,
+            Ok(Event::Error { message }) => return Err(JobError::Control(message)),
+            // The job ended as the kill landed: its status says what was verified.
+            Ok(_) | Err(JobError::Control(_)) if row.status.is_final() => {
+                read_status(&self.job_dir(id)).and_then(|s| s.kill)
+            }
+            Ok(_) => None,
+            Err(e) => return Err(e),
+        };
+        Ok((report, row))
     }
 
     async fn quota_loop(&self) {

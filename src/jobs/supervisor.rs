@@ -169,6 +169,7 @@ async fn supervise(spec: Spec, listener: StdListener) -> i32 {
     let mut event_due: Option<tokio::time::Instant> = None;
     let mut partial_due: Option<tokio::time::Instant> = None;
     let mut last_event = Instant::now() - EVENT_EVERY;
+    let conns = tokio_util::task::TaskTracker::new();
     let mut rendered = Vec::with_capacity(64 * 1024);
     let mut write_error: Option<String> = None;
 
@@ -216,7 +217,7 @@ async fn supervise(spec: Spec, listener: StdListener) -> i32 {
             }
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
-                    tokio::spawn(serve_conn(ctx.clone(), stream));
+                    conns.spawn(serve_conn(ctx.clone(), stream));
                 }
             }
             _ = tokio::time::sleep_until(event_due.unwrap_or(far)), if event_due.is_some() => {
@@ -257,6 +258,9 @@ async fn supervise(spec: Spec, listener: StdListener) -> i32 {
     write_status(&spec, &status);
     broadcast(&ctx, &Event::Exit(status.clone()));
     drop(ctx);
+    // Let in-flight requests (a kill waiting for its report) answer before exiting.
+    conns.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
     finish_listener(listener, &spec, &status);
     0
 }

@@ -240,7 +240,7 @@ fn next_hint(v: &JobResult) -> Option<String> {
 
 async fn kill(jobs: &Jobs, p: &JobParams) -> Result<JobResult, String> {
     let id = need_id(p)?;
-    let (ev, row) = match jobs.kill(id).await {
+    let (report, row) = match jobs.kill(id).await {
         Ok(v) => v,
         Err(JobError::NotRunning(_)) => {
             let row = jobs.row(id).await.map_err(|e| e.to_string())?;
@@ -252,12 +252,7 @@ async fn kill(jobs: &Jobs, p: &JobParams) -> Result<JobResult, String> {
         Err(e) => return Err(e.to_string()),
     };
     let mut r = super::bash::result(jobs, id, jobs.config().default_max_output).await?;
-    match ev {
-        Event::Ok { detail: Some(k) } => r.kill = Some(KillOut::from(k)),
-        Event::Exit(_) => r.hint = Some("the job had already ended".into()),
-        Event::Error { message } => return Err(format!("kill failed: {message}")),
-        _ => {}
-    }
+    r.kill = report.map(KillOut::from);
     if row.status == JobStatus::Running {
         r.hint = Some("the kill was sent but the job has not ended yet; poll it again".into());
     }
