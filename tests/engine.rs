@@ -39,25 +39,9 @@ async fn a_running_row_without_supervisor_is_marked_lost_with_a_reason() {
     let state = State::new();
     let store = mcpsh::app::open_store(&state.config()).unwrap();
     let row = JobRow {
-        id: "ghost-aaaa".into(),
-        host: "local".into(),
-        title: None,
-        cmd: "sleep 1000".into(),
-        cwd: None,
-        status: JobStatus::Running,
-        exit_code: None,
-        signal: None,
-        reason: None,
-        created_ms: 1,
-        ended_ms: None,
         sup_pid: Some(i32::MAX - 1),
         sup_start: Some(12345),
-        total_bytes: 0,
-        total_lines: 0,
-        poll_cursor: 0,
-        tty: false,
-        interactive: false,
-        spool_deleted: false,
+        ..JobRow::running("ghost-aaaa".into(), "local".into(), "sleep 1000".into(), 1)
     };
     store.insert_job(&row).unwrap();
     drop(store);

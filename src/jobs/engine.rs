@@ -17,7 +17,7 @@ use super::proto::{
     CONTROL_SOCKET, Event, ExitStatus, KillReport, Request, STATUS_FILE, Spec, StdinMode,
 };
 use super::spool::SpoolReader;
-use super::{JobError, id, now_ms, procs, zygote::Zygote};
+use super::{JobError, id, lock, now_ms, procs, zygote::Zygote};
 use crate::config::JobsConfig;
 use crate::store::{JobEnd, JobRow, JobStatus, Store};
 
@@ -60,10 +60,6 @@ struct Inner {
     tracker: TaskTracker,
     cancel: CancellationToken,
     cleanup: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -180,25 +176,11 @@ impl Jobs {
             for _ in 0..16 {
                 let id = id::new_id(title.as_deref(), &cmd);
                 let row = JobRow {
-                    id: id.clone(),
-                    host: "local".into(),
                     title: title.clone(),
-                    cmd: cmd.clone(),
                     cwd: Some(cwd_s.clone()),
-                    status: JobStatus::Running,
-                    exit_code: None,
-                    signal: None,
-                    reason: None,
-                    created_ms: now_ms(),
-                    ended_ms: None,
-                    sup_pid: None,
-                    sup_start: None,
-                    total_bytes: 0,
-                    total_lines: 0,
-                    poll_cursor: 0,
                     tty,
                     interactive,
-                    spool_deleted: false,
+                    ..JobRow::running(id.clone(), "local".into(), cmd.clone(), now_ms())
                 };
                 if store.insert_job(&row)? {
                     crate::app::create_private_dir(&dir_root.join(&id))?;

@@ -24,7 +24,7 @@ use super::proto::{
 };
 use super::render::TtyRender;
 use super::spool::SpoolWriter;
-use super::{now_ms, procs};
+use super::{lock, now_ms, procs};
 
 /// How long output may keep flowing after the main process exits (background
 /// children holding the pipe) before the job is finalized.
@@ -291,10 +291,6 @@ fn exit_status(
         total_bytes,
         kill,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Reap every exited child (we are a subreaper, so orphans land here too);

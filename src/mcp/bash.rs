@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool};
 use rmcp::schemars::{self, JsonSchema};
 use rmcp::service::{RequestContext, RoleServer};
 use serde::Deserialize;
 
 use super::render::JobResult;
-use super::{Progress, schema, tool_error};
+use super::{Progress, define_tool, shell_annotations, tool_error};
 use crate::host::Host;
 use crate::jobs::proto::StdinMode;
 use crate::jobs::{Jobs, StartRequest, output};
@@ -57,22 +57,14 @@ pub(crate) struct BashParams {
 }
 
 pub(crate) fn tool() -> Tool {
-    Tool::new(
+    define_tool::<BashParams, JobResult>(
         "bash",
         "Run a shell command as a job. Waits up to `wait` seconds (default 10) and returns status, exit code, \
          duration and a bounded output excerpt (head and tail, with the exact omitted range and the cursor to \
          read it); a command still running by then keeps running in the background and its job id is returned \
          for `job` (poll/kill/write). stdin is /dev/null unless `stdin`, `interactive` or `tty` is given, so \
          prompts fail fast. A non-zero exit sets isError.",
-        schema::<BashParams>(),
-    )
-    .with_raw_output_schema(schema::<JobResult>())
-    .annotate(
-        ToolAnnotations::new()
-            .read_only(false)
-            .destructive(true)
-            .idempotent(false)
-            .open_world(true),
+        shell_annotations(),
     )
 }
 

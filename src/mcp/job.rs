@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use rmcp::model::{CallToolResult, ContentBlock, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, ContentBlock, Tool};
 use rmcp::schemars::{self, JsonSchema};
 use rmcp::service::{RequestContext, RoleServer};
 use serde::{Deserialize, Serialize};
 
 use super::render::{self, JobResult, KillOut};
-use super::{Progress, schema, tool_error};
+use super::{Progress, define_tool, shell_annotations, tool_error};
 use crate::jobs::keys::{KEY_NAMES, KeyAction, key};
 use crate::jobs::proto::{Event, Request};
 use crate::jobs::{JobError, Jobs, output};
@@ -98,22 +98,14 @@ pub(crate) struct JobToolOutput {
 }
 
 pub(crate) fn tool() -> Tool {
-    Tool::new(
+    define_tool::<JobParams, JobToolOutput>(
         "job",
         "Follow and control jobs started by `bash`. action=poll reads output by `cursor` (or what is new \
          since the last poll, or the last `tail` lines, or `grep` matches) and can long-poll with `wait`; \
          action=list shows recent jobs (newest first, paginated); action=kill ends the job's whole process \
          tree (TERM, then KILL) and reports what it verified; action=write sends `text` and named `keys` to a \
          job started with interactive=true or tty=true.",
-        schema::<JobParams>(),
-    )
-    .with_raw_output_schema(schema::<JobToolOutput>())
-    .annotate(
-        ToolAnnotations::new()
-            .read_only(false)
-            .destructive(true)
-            .idempotent(false)
-            .open_world(true),
+        shell_annotations(),
     )
 }
 

@@ -6,12 +6,10 @@ mod bash;
 mod job;
 mod render;
 
-use std::sync::Arc;
-
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     InitializeResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-    ServerCapabilities, ServerConfig, Tool,
+    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler};
@@ -102,10 +100,30 @@ fn tool_error(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message.into())])
 }
 
-/// Input/output schemas of a tool from its parameter and result types.
-fn schema<T: rmcp::schemars::JsonSchema + 'static>()
--> Arc<serde_json::Map<String, serde_json::Value>> {
-    rmcp::handler::server::common::schema_for_type::<T>()
+/// A tool definition from its parameter type `P` and result type `R` (their
+/// doc comments become the schemas the model reads).
+fn define_tool<P, R>(
+    name: &'static str,
+    description: &'static str,
+    annotations: ToolAnnotations,
+) -> Tool
+where
+    P: rmcp::schemars::JsonSchema + 'static,
+    R: rmcp::schemars::JsonSchema + 'static,
+{
+    use rmcp::handler::server::common::schema_for_type;
+    Tool::new(name, description, schema_for_type::<P>())
+        .with_raw_output_schema(schema_for_type::<R>())
+        .annotate(annotations)
+}
+
+/// Annotations of a tool that runs or controls commands: anything may happen.
+fn shell_annotations() -> ToolAnnotations {
+    ToolAnnotations::new()
+        .read_only(false)
+        .destructive(true)
+        .idempotent(false)
+        .open_world(true)
 }
 
 /// Sends progress notifications for one request, if the client asked for them.

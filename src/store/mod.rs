@@ -97,6 +97,33 @@ pub struct JobRow {
     pub spool_deleted: bool,
 }
 
+impl JobRow {
+    /// A new `running` row with everything not given at its default.
+    pub fn running(id: String, host: String, cmd: String, created_ms: i64) -> JobRow {
+        JobRow {
+            id,
+            host,
+            title: None,
+            cmd,
+            cwd: None,
+            status: JobStatus::Running,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            created_ms,
+            ended_ms: None,
+            sup_pid: None,
+            sup_start: None,
+            total_bytes: 0,
+            total_lines: 0,
+            poll_cursor: 0,
+            tty: false,
+            interactive: false,
+            spool_deleted: false,
+        }
+    }
+}
+
 /// The final facts of a finished job.
 #[derive(Debug, Clone)]
 pub struct JobEnd {
@@ -358,27 +385,7 @@ mod tests {
     use super::*;
 
     fn row(id: &str, ms: i64) -> JobRow {
-        JobRow {
-            id: id.into(),
-            host: "local".into(),
-            title: None,
-            cmd: "true".into(),
-            cwd: None,
-            status: JobStatus::Running,
-            exit_code: None,
-            signal: None,
-            reason: None,
-            created_ms: ms,
-            ended_ms: None,
-            sup_pid: None,
-            sup_start: None,
-            total_bytes: 0,
-            total_lines: 0,
-            poll_cursor: 0,
-            tty: false,
-            interactive: false,
-            spool_deleted: false,
-        }
+        JobRow::running(id.into(), "local".into(), "true".into(), ms)
     }
 
     #[test]
