@@ -140,11 +140,12 @@ async fn run(
         })
         .await;
     if ctx.ct.is_cancelled() && waited.end.is_none() {
-        let killed = jobs.kill(&id).await;
-        return Err(match killed {
-            Ok(_) => format!("cancelled by the client; job {id} was killed"),
-            Err(e) => format!("cancelled by the client; killing job {id} failed: {e}"),
-        });
+        // Cancelling the call ends the wait, not the job: a dropped connection or
+        // a server restart must never kill work (jobs are durable by design).
+        return Err(format!(
+            "cancelled while waiting; job {id} keeps running in the background \
+             (job action=poll id={id} to follow it, job action=kill id={id} to stop it)"
+        ));
     }
     result(jobs, &id, budget).await.map(JobResult::into_result)
 }
