@@ -448,24 +448,32 @@ impl Jobs {
     pub async fn spool(&self, id: &str) -> Result<SpoolReader, JobError> {
         let dir = self.job_dir(id);
         let id = id.to_owned();
-        blocking(move || {
-            SpoolReader::open(&dir).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    JobError::Invalid(format!(
-                        "the output of job {id} is no longer stored (removed by the spool quota)"
-                    ))
-                } else {
-                    JobError::Io(e)
-                }
-            })
-        })
-        .await
+        blocking(move || open_spool(&dir, &id)).await
     }
 
-    pub async fn set_poll_cursor(&self, id: &str, cursor: u64) -> Result<(), JobError> {
+    /// Build a view of a job from its row and its output, in one trip to a
+    /// blocking thread: `f` returns the view and the agent's new read
+    /// position, which is stored when it moved.
+    pub async fn read_view<T, F>(&self, id: &str, f: F) -> Result<T, JobError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&JobRow, &SpoolReader) -> std::io::Result<(T, u64)> + Send + 'static,
+    {
         let store = self.inner.store.clone();
+        let dir = self.job_dir(id);
         let id = id.to_owned();
-        Ok(blocking(move || store.set_poll_cursor(&id, cursor)).await?)
+        blocking(move || {
+            let row = store
+                .get_job(&id)?
+                .ok_or_else(|| JobError::NotFound(id.clone()))?;
+            let reader = open_spool(&dir, &id)?;
+            let (view, cursor) = f(&row, &reader)?;
+            if cursor != row.poll_cursor {
+                store.set_poll_cursor(&id, cursor)?;
+            }
+            Ok(view)
+        })
+        .await
     }
 
     pub async fn list(&self, filter: crate::store::JobFilter) -> Result<Vec<JobRow>, JobError> {
@@ -543,6 +551,18 @@ fn validate_env(env: &[(String, String)]) -> Result<(), JobError> {
 pub fn read_status(dir: &Path) -> Option<ExitStatus> {
     let text = std::fs::read(dir.join(STATUS_FILE)).ok()?;
     serde_json::from_slice(&text).ok()
+}
+
+fn open_spool(dir: &Path, id: &str) -> Result<SpoolReader, JobError> {
+    SpoolReader::open(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            JobError::Invalid(format!(
+                "the output of job {id} is no longer stored (removed by the spool quota)"
+            ))
+        } else {
+            JobError::Io(e)
+        }
+    })
 }
 
 fn spool_totals(dir: &Path) -> (u64, u64) {

@@ -153,28 +153,19 @@ async fn run(
 /// The job's current state with a head+tail excerpt of all its output; the
 /// poll cursor moves to the end of what exists now.
 pub(crate) async fn result(jobs: &Jobs, id: &str, budget: usize) -> Result<JobResult, String> {
-    let row = jobs.row(id).await.map_err(|e| e.to_string())?;
-    let reader = jobs.spool(id).await.map_err(|e| e.to_string())?;
-    let (reader, excerpt, lines) = tokio::task::spawn_blocking(move || {
-        let e = output::excerpt(&reader, budget);
-        let lines = reader.total_lines();
-        (reader, e, lines)
+    let id = id.to_owned();
+    jobs.read_view(&id.clone(), move |row, reader| {
+        let excerpt = output::excerpt(reader, budget)?;
+        let mut r = JobResult::from_row(row, reader.len(), reader.total_lines()?).with_excerpt(excerpt);
+        if !row.status.is_final() {
+            r.hint = Some(format!(
+                "still running; follow with job action=poll id={id} wait=30, stop with job action=kill id={id}"
+            ));
+        } else if r.omitted.is_some() {
+            r.hint = Some(format!("page through everything with job action=poll id={id} cursor=0"));
+        }
+        Ok((r, reader.len()))
     })
     .await
-    .map_err(|e| e.to_string())?;
-    let excerpt = excerpt.map_err(|e| format!("reading output: {e}"))?;
-    let mut r = JobResult::from_row(&row, reader.len(), lines.unwrap_or(0)).with_excerpt(excerpt);
-    if row.status.is_final() {
-        if r.omitted.is_some() {
-            r.hint = Some(format!(
-                "page through everything with job action=poll id={id} cursor=0"
-            ));
-        }
-    } else {
-        r.hint = Some(format!(
-            "still running; follow with job action=poll id={id} wait=30, stop with job action=kill id={id}"
-        ));
-    }
-    let _ = jobs.set_poll_cursor(id, reader.len()).await;
-    Ok(r)
+    .map_err(|e| e.to_string())
 }

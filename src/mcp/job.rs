@@ -152,7 +152,7 @@ async fn poll(
                 .map_err(|e| format!("grep is not a valid regex: {e}"))?,
         ),
     };
-    let mut row = jobs.row(id).await.map_err(|e| e.to_string())?;
+    let row = jobs.row(id).await.map_err(|e| e.to_string())?;
     let from = p.cursor.unwrap_or(row.poll_cursor);
     let wait = p.wait.unwrap_or(0.0);
     if !wait.is_finite() || wait < 0.0 {
@@ -167,7 +167,7 @@ async fn poll(
             tokio::time::Instant::now() + Duration::from_secs_f64(wait.min(cfg.max_wait));
         // tail/grep views wait for any new output; a page waits for output past its cursor.
         let beyond = if p.tail.is_some() || re.is_some() {
-            row.total_bytes.max(from)
+            jobs.spool(id).await.map(|r| r.len()).unwrap_or(from)
         } else {
             from
         };
@@ -175,34 +175,28 @@ async fn poll(
             progress.report(id, pr.bytes)
         })
         .await;
-        row = jobs.row(id).await.map_err(|e| e.to_string())?;
     }
-    let reader = jobs.spool(id).await.map_err(|e| e.to_string())?;
     let tail = p.tail;
     let cursor = p.cursor;
-    let view = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let lines = reader.total_lines()?;
-        let len = reader.len();
-        let r = JobResult::from_row(&row, len, lines);
-        Ok(if let Some(n) = tail {
-            r.with_page(output::tail(&reader, n.max(1), budget)?)
-        } else if let Some(re) = re {
-            r.with_grep(output::grep(
-                &reader,
-                cursor.unwrap_or(0),
-                &re,
-                budget,
-                256 << 20,
-            )?)
-        } else {
-            r.with_page(output::page(&reader, from, budget)?)
+    let mut view = jobs
+        .read_view(id, move |row, reader| {
+            let r = JobResult::from_row(row, reader.len(), reader.total_lines()?);
+            let r = if let Some(n) = tail {
+                r.with_page(output::tail(reader, n.max(1), budget)?)
+            } else if let Some(re) = re {
+                r.with_grep(output::grep(
+                    reader,
+                    cursor.unwrap_or(0),
+                    &re,
+                    budget,
+                    256 << 20,
+                )?)
+            } else {
+                r.with_page(output::page(reader, from, budget)?)
+            };
+            let next = r.next_cursor;
+            Ok((r, next))
         })
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("reading output: {e}"))?;
-    let mut view = view;
-    jobs.set_poll_cursor(id, view.next_cursor)
         .await
         .map_err(|e| e.to_string())?;
     if view.hint.is_none() {
@@ -299,19 +293,14 @@ async fn write(jobs: &Jobs, p: &JobParams) -> Result<JobResult, String> {
     }
     // Give the program a moment to react so the reply can show its answer.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let row = jobs.row(id).await.map_err(|e| e.to_string())?;
-    let reader = jobs.spool(id).await.map_err(|e| e.to_string())?;
-    let from = row.poll_cursor;
     let budget = jobs.config().default_max_output;
-    let mut r = tokio::task::spawn_blocking(move || -> std::io::Result<JobResult> {
-        let lines = reader.total_lines()?;
-        Ok(JobResult::from_row(&row, reader.len(), lines)
-            .with_page(output::page(&reader, from, budget)?))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("reading output: {e}"))?;
-    jobs.set_poll_cursor(id, r.next_cursor)
+    let mut r = jobs
+        .read_view(id, move |row, reader| {
+            let r = JobResult::from_row(row, reader.len(), reader.total_lines()?)
+                .with_page(output::page(reader, row.poll_cursor, budget)?);
+            let next = r.next_cursor;
+            Ok((r, next))
+        })
         .await
         .map_err(|e| e.to_string())?;
     r.written_bytes = Some(written);
