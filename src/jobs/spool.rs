@@ -57,8 +57,10 @@ pub struct SpoolWriter {
 impl SpoolWriter {
     pub fn create(dir: &Path, segment_size: u64, cap: u64) -> io::Result<SpoolWriter> {
         let (seg, head, tail) = layout(segment_size, cap);
-        let mut meta = create_private(&dir.join("spool.meta"))?;
-        meta.write_all(seg.to_string().as_bytes())?;
+        // Atomic, so a reader never sees a half-written size.
+        let tmp = dir.join(".spool.meta.tmp");
+        create_private(&tmp)?.write_all(seg.to_string().as_bytes())?;
+        std::fs::rename(&tmp, dir.join("spool.meta"))?;
         let index = create_private(&dir.join("lines.idx"))?;
         Ok(SpoolWriter {
             dir: dir.to_owned(),
@@ -152,11 +154,24 @@ pub struct SpoolReader {
 
 impl SpoolReader {
     /// Open the spool in `dir`, taking a snapshot of its current length.
+    /// A job directory whose supervisor has not created the spool yet reads
+    /// as empty; a missing directory is `NotFound`.
     pub fn open(dir: &Path) -> io::Result<SpoolReader> {
-        let seg: u64 = std::fs::read_to_string(dir.join("spool.meta"))?
-            .trim()
-            .parse()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "corrupt spool.meta"))?;
+        let seg: u64 = match std::fs::read_to_string(dir.join("spool.meta")) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "corrupt spool.meta"))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir.is_dir() => {
+                return Ok(SpoolReader {
+                    dir: dir.to_owned(),
+                    seg: INDEX_STEP,
+                    len: 0,
+                    dropped: None,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let mut present = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
@@ -328,6 +343,15 @@ mod tests {
         let lines = all.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
         assert_eq!(r.total_lines().unwrap(), lines);
         assert_eq!(w.lines(false), lines);
+    }
+
+    #[test]
+    fn a_spool_not_created_yet_reads_empty_but_a_removed_one_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = SpoolReader::open(dir.path()).unwrap();
+        assert_eq!((r.len(), r.total_lines().unwrap()), (0, 0));
+        let gone = SpoolReader::open(&dir.path().join("removed")).unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -1,14 +1,20 @@
 //! The zygote: a small single-threaded helper process (`mcpsh __zygote`) that
-//! the server starts once and that forks one supervisor per job. Forking a
-//! ready process instead of exec'ing a new binary keeps supervisor start off
-//! the latency path of every `bash` call.
+//! the server starts once and that forks one supervisor per job. It keeps one
+//! *spare* supervisor forked ahead of time, already detached and waiting for
+//! its spec, so starting a job costs neither an exec nor a fork on the
+//! latency path of a `bash` call: the zygote binds the job's control socket,
+//! passes it with the spec to the spare (SCM_RIGHTS), answers the server at
+//! once, and forks the next spare while the job runs. Because the socket is
+//! bound before the answer, the server can connect as soon as it has the pid.
 //!
 //! Protocol on the zygote's stdin/stdout: one [`Spec`] JSON line in, one
 //! `{"pid": N}` or `{"error": "..."}` line out. On EOF (the server went away)
-//! the zygote exits; supervisors it forked live on in their own sessions.
+//! the zygote exits, and so does an idle spare; supervisors that took a job
+//! live on in their own sessions.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixListener;
+use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +30,12 @@ pub struct Forked {
     pub error: Option<String>,
 }
 
+/// A supervisor forked ahead of time, waiting for its spec.
+struct Spare {
+    pid: i32,
+    chan: UnixStream,
+}
+
 /// Run the zygote loop. Must be called before any thread is started (it forks).
 pub fn main() -> i32 {
     ignore_sigchld();
@@ -31,26 +43,24 @@ pub fn main() -> i32 {
     let mut input = BufReader::new(stdin.lock());
     let mut out = std::io::stdout().lock();
     let mut line = String::new();
+    let mut spare: Option<Spare> = None;
     loop {
+        if spare.is_none() {
+            spare = fork_spare().ok();
+        }
         line.clear();
         match input.read_line(&mut line) {
             Ok(0) | Err(_) => return 0,
             Ok(_) => {}
         }
-        let answer = match serde_json::from_str::<Spec>(&line) {
-            Ok(spec) => match fork_supervisor(spec) {
-                Ok(pid) => Forked {
-                    pid: Some(pid),
-                    error: None,
-                },
-                Err(e) => Forked {
-                    pid: None,
-                    error: Some(e),
-                },
+        let answer = match start(&line, &mut spare) {
+            Ok(pid) => Forked {
+                pid: Some(pid),
+                error: None,
             },
             Err(e) => Forked {
                 pid: None,
-                error: Some(format!("bad spec: {e}")),
+                error: Some(e),
             },
         };
         let mut reply = serde_json::to_vec(&answer).unwrap_or_default();
@@ -61,36 +71,60 @@ pub fn main() -> i32 {
     }
 }
 
-/// Bind the job's control socket, then fork. The child becomes the supervisor;
-/// the parent returns the child's pid. Binding first means the server can
-/// connect as soon as it has the pid.
-fn fork_supervisor(spec: Spec) -> Result<i32, String> {
+/// Bind the job's control socket and hand it with the spec to a spare
+/// (forking a fresh one if the spare is gone). Returns the supervisor's pid.
+fn start(spec_line: &str, spare: &mut Option<Spare>) -> Result<i32, String> {
+    let spec: Spec = serde_json::from_str(spec_line).map_err(|e| format!("bad spec: {e}"))?;
     let sock = spec.dir.join(CONTROL_SOCKET);
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock)
         .map_err(|e| format!("cannot bind control socket {}: {e}", sock.display()))?;
-    match fork() {
-        Err(e) => Err(format!("fork failed: {e}")),
-        Ok(0) => {
-            let code = become_supervisor(spec, listener);
-            std::process::exit(code);
+    for _ in 0..2 {
+        let s = match spare.take() {
+            Some(s) => s,
+            None => fork_spare().map_err(|e| format!("cannot fork a supervisor: {e}"))?,
+        };
+        if hand_over(&s, spec_line, &listener).is_ok() {
+            return Ok(s.pid);
         }
-        Ok(pid) => Ok(pid),
+    }
+    Err("no supervisor would take the job".to_owned())
+}
+
+/// Send the listener (as SCM_RIGHTS on the first byte) and the spec line.
+fn hand_over(spare: &Spare, spec_line: &str, listener: &UnixListener) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    let fds = [listener.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    sendmsg(
+        &spare.chan,
+        &[IoSlice::new(b"S")],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    (&spare.chan).write_all(spec_line.as_bytes())
+}
+
+/// Fork a spare supervisor: detached now, waiting on a socket for its job.
+fn fork_spare() -> std::io::Result<Spare> {
+    let (ours, theirs) = UnixStream::pair()?;
+    match fork()? {
+        0 => {
+            drop(ours);
+            std::process::exit(spare_main(theirs))
+        }
+        pid => Ok(Spare { pid, chan: ours }),
     }
 }
 
-fn become_supervisor(spec: Spec, listener: UnixListener) -> i32 {
+fn spare_main(chan: UnixStream) -> i32 {
     restore_sigchld();
     let _ = rustix::process::setsid();
     // Orphaned descendants of the job are re-parented here, so a kill can find them.
     let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
-    redirect_stdio(&spec.dir.join("supervisor.log"));
-    supervisor::run(spec, listener)
-}
-
-/// Detach from the zygote's pipes: stdin/stdout to /dev/null, stderr to a log.
-fn redirect_stdio(log: &std::path::Path) {
-    use std::os::unix::fs::OpenOptionsExt;
+    // Let go of the zygote's pipes to the server (its EOF must reach the zygote).
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -99,6 +133,44 @@ fn redirect_stdio(log: &std::path::Path) {
         let _ = rustix::stdio::dup2_stdin(&null);
         let _ = rustix::stdio::dup2_stdout(&null);
     }
+    let Some(listener) = receive_listener(&chan) else {
+        return 0; // the zygote went away without a job for us
+    };
+    let mut line = String::new();
+    if BufReader::new(&chan).read_line(&mut line).is_err() {
+        return 1;
+    }
+    let Ok(spec) = serde_json::from_str::<Spec>(&line) else {
+        return 1;
+    };
+    redirect_stderr(&spec.dir.join("supervisor.log"));
+    supervisor::run(spec, listener)
+}
+
+fn receive_listener(chan: &UnixStream) -> Option<UnixListener> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    let mut byte = [0u8; 1];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = recvmsg(
+        chan,
+        &mut [IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .ok()?;
+    if got.bytes == 0 {
+        return None;
+    }
+    control.drain().find_map(|m| match m {
+        RecvAncillaryMessage::ScmRights(mut fds) => fds.next().map(UnixListener::from),
+        _ => None,
+    })
+}
+
+/// Supervisor diagnostics go to a 0600 log in the job directory.
+fn redirect_stderr(log: &std::path::Path) {
+    use std::os::unix::fs::OpenOptionsExt;
     if let Ok(f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
