@@ -1,1 +1,1408 @@
-fn main() {}
+//! `mcpsh-bench`: measures mcpsh on this machine and prints a table.
+//!
+//! ```text
+//! cargo build --release --bin mcpsh --bin mcpsh-bench
+//! target/release/mcpsh-bench [--server PATH] [--calls N] [--quick]
+//! ```
+//!
+//! 1. Round trip of `tools/call bash {cmd:"true"}` and of a no-op call
+//!    (`job {action:"list", limit:1}`) over Streamable HTTP with one warm
+//!    keep-alive HTTP/1.1 connection; the difference of the p50s is the cost
+//!    of running a command.
+//! 2. The same over stdio (`mcpsh stdio` on pipes).
+//! 3. Spool write throughput (`SpoolWriter`, 64 KiB chunks).
+//! 4. Page read cost at the start, middle and end of a large spool
+//!    (`SpoolReader::open` + `output::page`), plus the head+tail excerpt that
+//!    `bash` returns when a job ends.
+//! 5. Peak server and supervisor RSS while a job writes a large output.
+//!
+//! Every server gets its own state directory under a temporary directory
+//! that is removed at the end; servers are stopped with SIGTERM (SIGKILL
+//! after a grace period).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mcpsh::jobs::output;
+use mcpsh::jobs::spool::{SpoolReader, SpoolWriter};
+use serde_json::{Value, json};
+
+const PROTOCOL_VERSION: &str = "2025-11-25";
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+/// Segment size the server uses by default (config `jobs.segment_size`).
+const SEGMENT: u64 = 8 * MIB;
+/// Page budget used by `job poll` by default.
+const PAGE: usize = 16384;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn err<T>(msg: impl Into<String>) -> Result<T> {
+    Err(msg.into().into())
+}
+
+// ---------------------------------------------------------------------------
+// Options
+
+struct Opts {
+    server: PathBuf,
+    calls: usize,
+    warmup: usize,
+    spool_bytes: u64,
+    job_bytes: u64,
+    page_reads: usize,
+}
+
+const USAGE: &str = "usage: mcpsh-bench [--server PATH] [--calls N] [--quick]
+
+  --server PATH   the mcpsh binary (default: `mcpsh` next to this binary)
+  --calls N       measured calls per round-trip metric (default 1000; --quick: 100)
+  --quick         small sizes for a smoke run (64 MiB spool and job, 100 calls)";
+
+fn parse_args() -> Result<Opts> {
+    let mut server = None;
+    let mut calls = None;
+    let mut quick = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--server" => server = Some(PathBuf::from(args.next().ok_or("--server needs a path")?)),
+            "--calls" => {
+                let n: usize = args
+                    .next()
+                    .ok_or("--calls needs a number")?
+                    .parse()
+                    .map_err(|e| format!("--calls: {e}"))?;
+                if n == 0 {
+                    return err("--calls must be at least 1");
+                }
+                calls = Some(n);
+            }
+            "--quick" => quick = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    let server = match server {
+        Some(s) => s,
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or("cannot locate this binary's directory")?
+            .join("mcpsh"),
+    };
+    if !server.is_file() {
+        return err(format!(
+            "server binary {} not found; build it with `cargo build --release --bin mcpsh` or pass --server",
+            server.display()
+        ));
+    }
+    let calls = calls.unwrap_or(if quick { 100 } else { 1000 });
+    let size = if quick { 64 * MIB } else { GIB };
+    Ok(Opts {
+        server: fs::canonicalize(server)?,
+        calls,
+        warmup: (calls / 10).clamp(20, 100),
+        spool_bytes: size,
+        job_bytes: size,
+        page_reads: if quick { 50 } else { 300 },
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Temporary directory and server processes
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
+        let path =
+            std::env::temp_dir().join(format!("mcpsh-bench-{}-{nanos:08x}", std::process::id()));
+        fs::create_dir(&path)?;
+        Ok(TempDir(path))
+    }
+
+    fn sub(&self, name: &str) -> Result<PathBuf> {
+        let p = self.0.join(name);
+        fs::create_dir_all(&p)?;
+        Ok(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server process, stopped on drop.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    /// `mcpsh <args>` with an isolated configuration and state directory.
+    fn command(exe: &Path, state: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(exe);
+        c.args(args)
+            .current_dir(state)
+            .env("MCPSH_STATE_DIR", state)
+            // A config file that does not exist: built-in defaults only.
+            .env("MCPSH_CONFIG", state.join("no-config.toml"))
+            .env_remove("MCPSH_LISTEN")
+            .env_remove("MCPSH_MAX_JOBS")
+            .env_remove("MCPSH_JOB_OUTPUT_CAP")
+            .env_remove("MCPSH_SPOOL_QUOTA")
+            .env_remove("MCPSH_LOG")
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 5 s.
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Start `mcpsh serve` on an ephemeral loopback port; returns the server and
+/// its address (read from its startup line on stderr).
+fn start_http(exe: &Path, state: &Path, env: &[(&str, String)]) -> Result<(Server, SocketAddr)> {
+    let mut cmd = Server::command(
+        exe,
+        state,
+        &["serve", "--insecure-no-auth", "--listen", "127.0.0.1:0"],
+    );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let server = Server { child };
+    let log_path = state.join("server.log");
+    let (tx, rx) = mpsc::channel();
+    // Keep draining stderr into a log so the server never blocks on it.
+    thread::spawn(move || {
+        let mut log = fs::File::create(log_path).ok();
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("serving MCP at http://").nth(1)
+                && let Some(addr) = rest.split('/').next()
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
+        format!(
+            "server did not start; see {}",
+            state.join("server.log").display()
+        )
+    })?;
+    Ok((server, addr.parse()?))
+}
+
+// ---------------------------------------------------------------------------
+// JSON-RPC clients
+
+trait Rpc {
+    /// Send a request and return the matching response's `result`.
+    fn request(&mut self, method: &str, params: Value) -> Result<Value>;
+    fn notify(&mut self, method: &str, params: Value) -> Result<()>;
+
+    fn initialize(&mut self) -> Result<()> {
+        let r = self.request(
+            "initialize",
+            json!({
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "mcpsh-bench", "version": env!("CARGO_PKG_VERSION")},
+            }),
+        )?;
+        if r.get("serverInfo").is_none() {
+            return err(format!("unexpected initialize result: {r}"));
+        }
+        self.notify("notifications/initialized", json!({}))
+    }
+
+    /// `tools/call`; fails on a tool error.
+    fn call(&mut self, tool: &str, args: Value) -> Result<Value> {
+        let r = self.request("tools/call", json!({"name": tool, "arguments": args}))?;
+        if r.get("isError").and_then(Value::as_bool) == Some(true) {
+            return err(format!("{tool} failed: {r}"));
+        }
+        Ok(r)
+    }
+}
+
+fn rpc_message(id: Option<u64>, method: &str, params: Value) -> Vec<u8> {
+    let mut m = json!({"jsonrpc": "2.0", "method": method, "params": params});
+    if let Some(id) = id {
+        m["id"] = id.into();
+    }
+    serde_json::to_vec(&m).expect("JSON")
+}
+
+/// The response to request `id` in `msg`, if it is one.
+fn take_response(msg: Value, id: u64) -> Option<Result<Value>> {
+    if msg.get("id").and_then(Value::as_u64) != Some(id) {
+        return None;
+    }
+    Some(match (msg.get("result"), msg.get("error")) {
+        (Some(r), _) => Ok(r.clone()),
+        (None, Some(e)) => err(format!("JSON-RPC error: {e}")),
+        _ => err(format!("malformed response: {msg}")),
+    })
+}
+
+/// A minimal HTTP/1.1 client on one persistent connection.
+struct HttpClient {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+    next_id: u64,
+    initialized: bool,
+    session: Option<String>,
+    /// Connections opened (1 means the keep-alive connection was reused throughout).
+    connects: u32,
+    /// Events in the last response if it was an SSE stream.
+    last_sse_events: Option<usize>,
+}
+
+struct HttpResponse {
+    status: u16,
+    content_type: String,
+    session: Option<String>,
+    body: Vec<u8>,
+}
+
+impl HttpClient {
+    fn new(addr: SocketAddr) -> HttpClient {
+        HttpClient {
+            addr,
+            conn: None,
+            next_id: 1,
+            initialized: false,
+            session: None,
+            connects: 0,
+            last_sse_events: None,
+        }
+    }
+
+    fn post(&mut self, body: &[u8]) -> Result<HttpResponse> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect(self.addr)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(180)))?;
+            self.conn = Some(BufReader::with_capacity(64 * 1024, s));
+            self.connects += 1;
+        }
+        let mut req = Vec::with_capacity(body.len() + 256);
+        write!(
+            req,
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        )?;
+        if self.initialized {
+            write!(req, "MCP-Protocol-Version: {PROTOCOL_VERSION}\r\n")?;
+        }
+        if let Some(s) = &self.session {
+            write!(req, "Mcp-Session-Id: {s}\r\n")?;
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        let conn = self.conn.as_mut().expect("connected");
+        conn.get_mut().write_all(&req)?;
+        let (resp, keep) = read_response(conn)?;
+        if !keep {
+            self.conn = None;
+        }
+        if resp.session.is_some() {
+            self.session.clone_from(&resp.session);
+        }
+        Ok(resp)
+    }
+}
+
+/// Read one HTTP/1.1 response; the flag says whether the connection stays usable.
+fn read_response(r: &mut impl BufRead) -> Result<(HttpResponse, bool)> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return err("connection closed before a response");
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {line:?}"))?;
+        let mut content_type = String::new();
+        let mut length = None;
+        let mut chunked = false;
+        let mut keep = line.starts_with("HTTP/1.1");
+        let mut session = None;
+        loop {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                return err("connection closed in headers");
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let Some((k, v)) = l.split_once(':') else {
+                return err(format!("bad header {l:?}"));
+            };
+            let v = v.trim();
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-type" => content_type = v.to_ascii_lowercase(),
+                "content-length" => length = Some(v.parse::<usize>()?),
+                "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+                "connection" => {
+                    let v = v.to_ascii_lowercase();
+                    if v.contains("close") {
+                        keep = false;
+                    } else if v.contains("keep-alive") {
+                        keep = true;
+                    }
+                }
+                "mcp-session-id" => session = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        if (100..200).contains(&status) {
+            continue; // informational; the real response follows
+        }
+        let body = if chunked {
+            read_chunked(r)?
+        } else if let Some(n) = length {
+            let mut b = vec![0; n];
+            r.read_exact(&mut b)?;
+            b
+        } else if status == 204 || status == 304 {
+            Vec::new()
+        } else {
+            keep = false;
+            let mut b = Vec::new();
+            r.read_to_end(&mut b)?;
+            b
+        };
+        return Ok((
+            HttpResponse {
+                status,
+                content_type,
+                session,
+                body,
+            },
+            keep,
+        ));
+    }
+}
+
+fn read_chunked(r: &mut impl BufRead) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return err("connection closed in a chunked body");
+        }
+        let size = line.trim_end().split(';').next().unwrap_or("").trim();
+        let size =
+            usize::from_str_radix(size, 16).map_err(|_| format!("bad chunk size {line:?}"))?;
+        if size == 0 {
+            // Trailers, then an empty line.
+            loop {
+                line.clear();
+                if r.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        r.read_exact(&mut body[start..])?;
+        let mut crlf = [0u8; 2];
+        r.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return err("chunk not followed by CRLF");
+        }
+    }
+}
+
+/// The `data` payloads of the events in an SSE body.
+fn sse_events(body: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(body);
+    let mut events = Vec::new();
+    let mut data: Option<String> = None;
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            if let Some(d) = data.take() {
+                events.push(d);
+            }
+        } else if let Some(v) = line.strip_prefix("data:") {
+            let v = v.strip_prefix(' ').unwrap_or(v);
+            match data.as_mut() {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(v);
+                }
+                None => data = Some(v.to_owned()),
+            }
+        }
+    }
+    if let Some(d) = data {
+        events.push(d);
+    }
+    events
+}
+
+impl Rpc for HttpClient {
+    fn request(&mut self, method: &str, params: Value) -> Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let resp = self.post(&rpc_message(Some(id), method, params))?;
+        if resp.status != 200 {
+            return err(format!(
+                "{method}: HTTP {}: {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            ));
+        }
+        self.last_sse_events = None;
+        let result = if resp.content_type.starts_with("text/event-stream") {
+            let events = sse_events(&resp.body);
+            self.last_sse_events = Some(events.len());
+            events
+                .into_iter()
+                .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
+                .find_map(|m| take_response(m, id))
+                .unwrap_or_else(|| err(format!("{method}: no response in the event stream")))
+        } else {
+            take_response(serde_json::from_slice(&resp.body)?, id)
+                .unwrap_or_else(|| err(format!("{method}: response id mismatch")))
+        };
+        if method == "initialize" && result.is_ok() {
+            self.initialized = true;
+        }
+        result
+    }
+
+    fn notify(&mut self, method: &str, params: Value) -> Result<()> {
+        let resp = self.post(&rpc_message(None, method, params))?;
+        if !(200..300).contains(&resp.status) {
+            return err(format!("{method}: HTTP {}", resp.status));
+        }
+        Ok(())
+    }
+}
+
+/// JSON-RPC over a child's stdin/stdout, one message per line.
+struct StdioClient {
+    server: Server,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+    line: String,
+}
+
+impl StdioClient {
+    fn start(exe: &Path, state: &Path) -> Result<StdioClient> {
+        let log = fs::File::create(state.join("server.log"))?;
+        let mut child = Server::command(exe, state, &["stdio"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = BufReader::with_capacity(64 * 1024, child.stdout.take().ok_or("no stdout")?);
+        Ok(StdioClient {
+            server: Server { child },
+            stdin,
+            stdout,
+            next_id: 1,
+            line: String::new(),
+        })
+    }
+
+    fn send(&mut self, mut msg: Vec<u8>) -> Result<()> {
+        msg.push(b'\n');
+        self.stdin.write_all(&msg)?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+}
+
+impl Rpc for StdioClient {
+    fn request(&mut self, method: &str, params: Value) -> Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(rpc_message(Some(id), method, params))?;
+        loop {
+            self.line.clear();
+            if self.stdout.read_line(&mut self.line)? == 0 {
+                return err(format!("{method}: server closed stdout"));
+            }
+            let msg: Value = serde_json::from_str(self.line.trim_end())?;
+            if let Some(r) = take_response(msg, id) {
+                return r;
+            }
+        }
+    }
+
+    fn notify(&mut self, method: &str, params: Value) -> Result<()> {
+        self.send(rpc_message(None, method, params))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics and the report
+
+/// Sorted durations.
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn new(mut v: Vec<Duration>) -> Samples {
+        v.sort_unstable();
+        Samples(v)
+    }
+
+    /// Nearest-rank percentile.
+    fn pct(&self, p: f64) -> Duration {
+        let n = self.0.len();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * n as f64).ceil() as usize;
+        self.0[rank.clamp(1, n) - 1]
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
+}
+
+struct Row {
+    metric: String,
+    value: String,
+    target: String,
+    /// None: informational; Some(ok): compared against the target.
+    ok: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+    /// p50 of spawning `bash -c true` directly, in ms.
+    floor: Option<f64>,
+    /// (transport, p50 cost of running a command in ms).
+    costs: Vec<(String, f64)>,
+}
+
+impl Report {
+    fn info(&mut self, metric: impl Into<String>, value: impl Into<String>) {
+        self.rows.push(Row {
+            metric: metric.into(),
+            value: value.into(),
+            target: String::new(),
+            ok: None,
+        });
+    }
+
+    fn check(
+        &mut self,
+        metric: impl Into<String>,
+        value: impl Into<String>,
+        target: impl Into<String>,
+        ok: bool,
+    ) {
+        self.rows.push(Row {
+            metric: metric.into(),
+            value: value.into(),
+            target: target.into(),
+            ok: Some(ok),
+        });
+    }
+
+    fn failed(&mut self, section: &str, e: &dyn std::fmt::Display) {
+        eprintln!("  {section}: FAILED: {e}");
+        self.rows.push(Row {
+            metric: section.to_owned(),
+            value: "FAILED".into(),
+            target: String::new(),
+            ok: Some(false),
+        });
+        self.notes.push(format!("{section}: {e}"));
+    }
+
+    fn print(&self) {
+        let w0 = self
+            .rows
+            .iter()
+            .map(|r| r.metric.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        let w1 = self
+            .rows
+            .iter()
+            .map(|r| r.value.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let w2 = self
+            .rows
+            .iter()
+            .map(|r| r.target.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "| {:w0$} | {:>w1$} | {:w2$} |    |",
+            "metric", "value", "target"
+        );
+        let _ = writeln!(
+            out,
+            "|{}|{}|{}|----|",
+            "-".repeat(w0 + 2),
+            "-".repeat(w1 + 2),
+            "-".repeat(w2 + 2)
+        );
+        for r in &self.rows {
+            let mark = match r.ok {
+                None => "  ",
+                Some(true) => "ok",
+                Some(false) => "!!",
+            };
+            let _ = writeln!(
+                out,
+                "| {:w0$} | {:>w1$} | {:w2$} | {mark} |",
+                r.metric, r.value, r.target
+            );
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "note: {n}");
+        }
+        print!("{out}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1 and 2: round trips
+
+struct RoundTrips {
+    bash: Samples,
+    noop: Samples,
+    /// Server-reported `duration_ms` of the `true` jobs.
+    job_ms: Samples,
+    /// Server CPU time per call (all threads), measured over separate runs of
+    /// each call: (bash, no-op).
+    cpu: Option<(Duration, Duration)>,
+    /// p50 of the bash round trip over the first and the last quarter of the
+    /// run: growth means per-call cost rises with the number of jobs kept.
+    drift: (Duration, Duration),
+}
+
+/// On-CPU time of all of a process's live threads (`/proc/PID/task/*/schedstat`).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let mut ns = 0u64;
+    for t in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let s = fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+        ns += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(ns))
+}
+
+/// Server CPU per call over `n` back-to-back calls.
+fn cpu_per_call(
+    c: &mut dyn Rpc,
+    pid: u32,
+    n: usize,
+    tool: &str,
+    args: &Value,
+) -> Result<Option<Duration>> {
+    let Some(before) = cpu_time(pid) else {
+        return Ok(None);
+    };
+    for _ in 0..n {
+        c.call(tool, args.clone())?;
+    }
+    Ok(cpu_time(pid).map(|after| after.saturating_sub(before) / n as u32))
+}
+
+/// Warm up, then alternate one `bash true` and one no-op call per iteration so
+/// that both see the same background load.
+fn round_trips(c: &mut dyn Rpc, o: &Opts, server_pid: u32) -> Result<RoundTrips> {
+    c.initialize()?;
+    let bash_args = json!({"cmd": "true", "wait": 10});
+    let noop_args = json!({"action": "list", "limit": 1});
+    let check = |r: &Value| -> Result<u64> {
+        let s = &r["structuredContent"];
+        if s["status"] != "exited" || s["exit_code"] != 0 {
+            return err(format!("bash true did not exit 0: {r}"));
+        }
+        Ok(s["duration_ms"].as_u64().unwrap_or(0))
+    };
+    for _ in 0..o.warmup {
+        check(&c.call("bash", bash_args.clone())?)?;
+        c.call("job", noop_args.clone())?;
+    }
+    let mut bash = Vec::with_capacity(o.calls);
+    let mut noop = Vec::with_capacity(o.calls);
+    let mut job_ms = Vec::with_capacity(o.calls);
+    for i in 0..o.calls {
+        // Alternate the order too, so neither call always follows the other.
+        for first in [i % 2 == 0, i % 2 != 0] {
+            if first {
+                let t = Instant::now();
+                let r = c.call("bash", bash_args.clone())?;
+                bash.push(t.elapsed());
+                job_ms.push(Duration::from_millis(check(&r)?));
+            } else {
+                let t = Instant::now();
+                c.call("job", noop_args.clone())?;
+                noop.push(t.elapsed());
+            }
+        }
+    }
+    let n = o.calls.min(300);
+    let cpu = match (
+        cpu_per_call(c, server_pid, n, "bash", &bash_args)?,
+        cpu_per_call(c, server_pid, n, "job", &noop_args)?,
+    ) {
+        (Some(b), Some(n)) => Some((b, n)),
+        _ => None,
+    };
+    let q = (bash.len() / 4).max(1);
+    let drift = (
+        Samples::new(bash[..q].to_vec()).pct(50.0),
+        Samples::new(bash[bash.len() - q..].to_vec()).pct(50.0),
+    );
+    Ok(RoundTrips {
+        drift,
+        bash: Samples::new(bash),
+        noop: Samples::new(noop),
+        job_ms: Samples::new(job_ms),
+        cpu,
+    })
+}
+
+fn report_round_trips(rep: &mut Report, transport: &str, rt: &RoundTrips, n: usize) {
+    let p = |s: &Samples| format!("{:.3} / {:.3} ms", ms(s.pct(50.0)), ms(s.pct(99.0)));
+    rep.info(
+        format!("{transport}: bash `true` p50 / p99 (n={n})"),
+        p(&rt.bash),
+    );
+    rep.info(
+        format!("{transport}: no-op job list p50 / p99 (n={n})"),
+        p(&rt.noop),
+    );
+    let cost = ms(rt.bash.pct(50.0)) - ms(rt.noop.pct(50.0));
+    rep.costs.push((transport.to_owned(), cost));
+    rep.check(
+        format!("{transport}: cost of running a command (p50 diff)"),
+        format!("{cost:.3} ms"),
+        "<= 1.0 ms",
+        cost <= 1.0,
+    );
+    rep.info(
+        format!("{transport}: server-reported job duration p50"),
+        format!("{:.0} ms", ms(rt.job_ms.pct(50.0))),
+    );
+    rep.info(
+        format!("{transport}: bash p50, first / last quarter of the run"),
+        format!("{:.3} / {:.3} ms", ms(rt.drift.0), ms(rt.drift.1)),
+    );
+    if let Some((b, n)) = rt.cpu {
+        rep.info(
+            format!("{transport}: server CPU per call, bash / no-op"),
+            format!("{:.3} / {:.3} ms", ms(b), ms(n)),
+        );
+    }
+}
+
+/// The floor under any `bash` call: spawn `bash -c true` the way a supervisor
+/// does (stdin /dev/null, stdout+stderr on a pipe read to EOF) and reap it.
+fn bench_floor(rep: &mut Report, o: &Opts, _tmp: &TempDir) -> Result<()> {
+    let shell = ["/bin/bash", "/usr/bin/bash", "/bin/sh"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("no shell found")?;
+    let run = || -> Result<Duration> {
+        let t = Instant::now();
+        let (mut read, write) = std::io::pipe()?;
+        let mut child = Command::new(shell)
+            .args(["-c", "true"])
+            .stdin(Stdio::null())
+            .stdout(write.try_clone()?)
+            .stderr(write)
+            .process_group(0)
+            .spawn()?;
+        let mut sink = Vec::new();
+        read.read_to_end(&mut sink)?;
+        if !child.wait()?.success() {
+            return err(format!("{shell} -c true failed"));
+        }
+        Ok(t.elapsed())
+    };
+    for _ in 0..o.warmup {
+        run()?;
+    }
+    let mut v = Vec::with_capacity(o.calls);
+    for _ in 0..o.calls {
+        v.push(run()?);
+    }
+    let s = Samples::new(v);
+    rep.floor = Some(ms(s.pct(50.0)));
+    rep.info(
+        format!("floor: spawn + reap `{shell} -c true` directly, p50 / p99"),
+        format!("{:.3} / {:.3} ms", ms(s.pct(50.0)), ms(s.pct(99.0))),
+    );
+    Ok(())
+}
+
+fn bench_http(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
+    let state = tmp.sub("http")?;
+    let (server, addr) = start_http(&o.server, &state, &[])?;
+    let mut c = HttpClient::new(addr);
+    let rt = round_trips(&mut c, o, server.pid())?;
+    report_round_trips(rep, "HTTP", &rt, o.calls);
+    // A call that streams progress comes back as SSE on the same connection.
+    let r = c.request(
+        "tools/call",
+        json!({
+            "name": "bash",
+            "arguments": {"cmd": "sleep 2.2; echo done", "wait": 10},
+            "_meta": {"progressToken": "bench"},
+        }),
+    )?;
+    if r["structuredContent"]["output"] != "done\n" {
+        return err(format!("progress call returned {r}"));
+    }
+    match c.last_sse_events {
+        Some(n) => rep.notes.push(format!(
+            "HTTP: a bash call with a progressToken answered as SSE ({n} events), parsed on the keep-alive connection"
+        )),
+        None => rep.notes.push(
+            "HTTP: a bash call with a progressToken answered as plain JSON (no SSE)".into(),
+        ),
+    }
+    if c.connects != 1 {
+        rep.notes.push(format!(
+            "HTTP: the server closed the keep-alive connection; {} connections were used",
+            c.connects
+        ));
+    }
+    Ok(())
+}
+
+fn bench_stdio(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
+    let state = tmp.sub("stdio")?;
+    let mut c = StdioClient::start(&o.server, &state)?;
+    let pid = c.server.pid();
+    let rt = round_trips(&mut c, o, pid)?;
+    report_round_trips(rep, "stdio", &rt, o.calls);
+    // Closing stdin ends the session; the server exits on its own.
+    let StdioClient { server, stdin, .. } = c;
+    drop(stdin);
+    let mut server = server;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = server.child.try_wait() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 3 and 4: spool
+
+const LINE: &[u8; 100] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789012345678\n";
+
+/// 100-byte lines, enough for a 64 KiB chunk starting anywhere in a line.
+fn line_source() -> Vec<u8> {
+    LINE.iter()
+        .copied()
+        .cycle()
+        .take(64 * KIB as usize + LINE.len())
+        .collect()
+}
+
+fn bench_spool(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
+    let dir = tmp.sub("spool")?;
+    let source = line_source();
+    let chunk_len = 64 * KIB;
+    let total = o.spool_bytes;
+    let size = format!("{:.0} MiB", mib(total));
+
+    let t = Instant::now();
+    let mut w = SpoolWriter::create(&dir, SEGMENT, 2 * total)?;
+    let mut written = 0;
+    while written < total {
+        let n = (total - written).min(chunk_len) as usize;
+        let at = (written % LINE.len() as u64) as usize;
+        w.write(&source[at..at + n])?;
+        written += n as u64;
+    }
+    drop(w);
+    let secs = t.elapsed().as_secs_f64();
+    rep.info(
+        format!("spool write {size} in 64 KiB chunks"),
+        format!("{:.0} MiB/s", mib(total) / secs),
+    );
+
+    let probe = SpoolReader::open(&dir)?;
+    if probe.len() != total || probe.dropped().is_some() {
+        return err(format!(
+            "spool reads back {} bytes (dropped {:?}), wrote {total}",
+            probe.len(),
+            probe.dropped()
+        ));
+    }
+    drop(probe);
+    let mid = (total / 2) | 12345; // not line- or segment-aligned
+    let end = total.saturating_sub(PAGE as u64 / 2);
+    let mut worst: Option<(String, Duration)> = None;
+    for (name, offset) in [("start", 0), ("middle", mid), ("end", end)] {
+        let mut times = Vec::with_capacity(o.page_reads);
+        for _ in 0..o.page_reads {
+            let t = Instant::now();
+            let r = SpoolReader::open(&dir)?;
+            let p = output::page(&r, offset, PAGE)?;
+            times.push(t.elapsed());
+            if p.text.is_empty() || p.text.len() > PAGE {
+                return err(format!("page at {offset} returned {} bytes", p.text.len()));
+            }
+        }
+        let s = Samples::new(times);
+        let med = s.pct(50.0);
+        rep.check(
+            format!("page read (open + 16 KiB page) at {name} of {size}, median"),
+            format!("{:.3} ms", ms(med)),
+            "<= 10 ms",
+            ms(med) <= 10.0,
+        );
+        if worst.as_ref().is_none_or(|(_, w)| s.pct(99.0) > *w) {
+            worst = Some((name.to_owned(), s.pct(99.0)));
+        }
+    }
+    if let Some((name, d)) = worst {
+        rep.info(
+            format!("page read worst p99 (at {name}, n={})", o.page_reads),
+            format!("{:.3} ms", ms(d)),
+        );
+    }
+
+    // What `bash` returns when a job ends: a head+tail excerpt and the line count.
+    let mut times = Vec::with_capacity(o.page_reads);
+    for _ in 0..o.page_reads {
+        let t = Instant::now();
+        let r = SpoolReader::open(&dir)?;
+        let e = output::excerpt(&r, PAGE)?;
+        let lines = r.total_lines()?;
+        times.push(t.elapsed());
+        if e.omitted.is_none() || lines != total.div_ceil(100) {
+            return err(format!(
+                "excerpt of {size}: omitted {:?}, {lines} lines",
+                e.omitted
+            ));
+        }
+    }
+    rep.info(
+        format!("excerpt (open + head/tail 16 KiB + line count) of {size}, median"),
+        format!("{:.3} ms", ms(Samples::new(times).pct(50.0))),
+    );
+    fs::remove_dir_all(&dir)?;
+    rep.notes.push(
+        "spool numbers are with a warm page cache (the spool was just written); no fsync".into(),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 5: memory while a job writes a lot
+
+/// VmRSS and VmHWM of a process, in bytes.
+fn mem(pid: u32) -> Option<(u64, u64)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let l = s.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = l[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * KIB)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn ppid(pid: u32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields follow the last ')'.
+    s[s.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn is_zygote_image(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|&b| b == 0).nth(1) == Some(b"__zygote"))
+        .unwrap_or(false)
+}
+
+/// Direct children of `parent` whose command line is `mcpsh __zygote`.
+fn zygote_children(parent: u32) -> Vec<u32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| ppid(pid) == Some(parent) && is_zygote_image(pid))
+        .collect()
+}
+
+#[derive(Default, Clone, Copy)]
+struct Peaks {
+    server_rss: u64,
+    zygote_rss: u64,
+    /// Largest VmRSS and VmHWM seen for any supervisor (forked from the zygote).
+    supervisor_rss: u64,
+    supervisor_hwm: u64,
+    supervisors_seen: usize,
+    samples: usize,
+}
+
+/// Sample the server, its zygote and the zygote's children every ~20 ms until `stop`.
+fn sample_memory(server: u32, stop: Arc<AtomicBool>) -> thread::JoinHandle<Peaks> {
+    thread::spawn(move || {
+        let mut p = Peaks::default();
+        let mut zygote = None;
+        let mut seen = std::collections::HashSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some((rss, _)) = mem(server) {
+                p.server_rss = p.server_rss.max(rss);
+            }
+            if zygote.is_none() {
+                zygote = zygote_children(server).first().copied();
+            }
+            if let Some(z) = zygote {
+                if let Some((rss, _)) = mem(z) {
+                    p.zygote_rss = p.zygote_rss.max(rss);
+                }
+                for s in zygote_children(z) {
+                    if let Some((rss, hwm)) = mem(s) {
+                        p.supervisor_rss = p.supervisor_rss.max(rss);
+                        p.supervisor_hwm = p.supervisor_hwm.max(hwm);
+                        seen.insert(s);
+                    }
+                }
+            }
+            p.samples += 1;
+            thread::sleep(Duration::from_millis(20));
+        }
+        p.supervisors_seen = seen.len();
+        p
+    })
+}
+
+fn bench_memory(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
+    let state = tmp.sub("rss")?;
+    let cap = (2 * o.job_bytes).max(256 * MIB);
+    let (server, addr) = start_http(
+        &o.server,
+        &state,
+        &[
+            ("MCPSH_JOB_OUTPUT_CAP", cap.to_string()),
+            ("MCPSH_SPOOL_QUOTA", (2 * cap).to_string()),
+        ],
+    )?;
+    let pid = server.pid();
+    let mut c = HttpClient::new(addr);
+    c.initialize()?;
+    // Warm the server (first job, zygote) before taking the baseline.
+    c.call("bash", json!({"cmd": "true"}))?;
+    let baseline = mem(pid).ok_or("cannot read the server's /proc status")?.0;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_memory(pid, stop.clone());
+    let size = format!("{:.0} MiB", mib(o.job_bytes));
+    let cmd = format!(
+        "yes {} | head -c {}",
+        std::str::from_utf8(&LINE[..LINE.len() - 1])?,
+        o.job_bytes
+    );
+    let t = Instant::now();
+    let run = (|| -> Result<Value> {
+        let mut r = c.call(
+            "bash",
+            json!({"cmd": cmd, "wait": 50, "title": "bench-output"}),
+        )?;
+        let id = r["structuredContent"]["job"]
+            .as_str()
+            .ok_or("bash returned no job id")?
+            .to_owned();
+        while r["structuredContent"]["status"] == "running" {
+            if t.elapsed() > Duration::from_secs(600) {
+                return err("the output job did not finish in 10 minutes");
+            }
+            r = c.call(
+                "job",
+                json!({"action": "poll", "id": id, "wait": 30, "max_output": 256}),
+            )?;
+        }
+        Ok(r)
+    })();
+    let elapsed = t.elapsed();
+    // Let the sampler see the settled state after the job.
+    thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let peaks = sampler.join().map_err(|_| "sampler panicked")?;
+    let hwm = mem(pid).map(|m| m.1).unwrap_or(0);
+    let r = run?;
+    let s = &r["structuredContent"];
+    if s["status"] != "exited"
+        || s["exit_code"] != 0
+        || s["total_bytes"] != o.job_bytes
+        || !s["dropped"].is_null()
+    {
+        return err(format!(
+            "output job ended as {} (exit {}, {} bytes of {}, dropped {})",
+            s["status"], s["exit_code"], s["total_bytes"], o.job_bytes, s["dropped"]
+        ));
+    }
+    drop(server);
+
+    let peak = peaks.server_rss.max(hwm);
+    rep.info(
+        format!("job writing {size}: wall time (bash wait=50 + polls)"),
+        format!(
+            "{:.2} s ({:.0} MiB/s)",
+            elapsed.as_secs_f64(),
+            mib(o.job_bytes) / elapsed.as_secs_f64()
+        ),
+    );
+    rep.info(
+        "server RSS before the job (warm)",
+        format!("{:.1} MiB", mib(baseline)),
+    );
+    rep.check(
+        format!("server peak RSS during the {size} job (VmHWM)"),
+        format!("{:.1} MiB", mib(peak)),
+        "<= 64 MiB",
+        mib(peak) <= 64.0,
+    );
+    rep.info(
+        format!(
+            "server peak VmRSS sampled every 20 ms (n={})",
+            peaks.samples
+        ),
+        format!("{:.1} MiB", mib(peaks.server_rss)),
+    );
+    if peaks.supervisors_seen > 0 {
+        rep.info(
+            "supervisor peak RSS (VmHWM; forked from the zygote)",
+            format!(
+                "{:.1} MiB",
+                mib(peaks.supervisor_hwm.max(peaks.supervisor_rss))
+            ),
+        );
+    } else {
+        rep.notes
+            .push("no supervisor process was sampled (the job ended between samples?)".into());
+    }
+    rep.info(
+        "zygote peak VmRSS",
+        format!("{:.1} MiB", mib(peaks.zygote_rss)),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn main() -> std::process::ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("mcpsh-bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let tmp = match TempDir::new() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mcpsh-bench: cannot create a temporary directory: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "mcpsh-bench: server {}, {} calls (+{} warm-up), spool {:.0} MiB, job {:.0} MiB, {} CPUs",
+        o.server.display(),
+        o.calls,
+        o.warmup,
+        mib(o.spool_bytes),
+        mib(o.job_bytes),
+        thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut rep = Report::default();
+    let load0 = loadavg();
+    type Section = fn(&mut Report, &Opts, &TempDir) -> Result<()>;
+    let sections: [(&str, Section); 5] = [
+        ("HTTP round trips", bench_http),
+        ("spawn floor", bench_floor),
+        ("stdio round trips", bench_stdio),
+        ("spool", bench_spool),
+        ("server memory", bench_memory),
+    ];
+    for (name, f) in sections {
+        eprintln!("  {name}...");
+        let t = Instant::now();
+        if let Err(e) = f(&mut rep, &o, &tmp) {
+            rep.failed(name, &e);
+        }
+        eprintln!("  {name}: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    drop(tmp);
+    if let Some(floor) = rep.floor {
+        for (transport, cost) in rep.costs.clone() {
+            let row = Row {
+                metric: format!("{transport}: mcpsh overhead per command (cost - floor)"),
+                value: format!("{:.3} ms", cost - floor),
+                target: String::new(),
+                ok: None,
+            };
+            let prefix = format!("{transport}: cost of running");
+            match rep.rows.iter().position(|r| r.metric.starts_with(&prefix)) {
+                Some(i) => rep.rows.insert(i + 1, row),
+                None => rep.rows.push(row),
+            }
+        }
+    }
+    rep.notes.push(format!(
+        "load average at start / end: {load0} / {}",
+        loadavg()
+    ));
+    println!();
+    rep.print();
+    if rep.rows.iter().any(|r| r.value == "FAILED") {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_bodies_by_length_chunked_and_sse() {
+        let sse = "data: 1\n\nevent: message\r\ndata: {\"a\":\ndata: 1}\n\n";
+        let mut raw = Vec::new();
+        raw.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        raw.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        );
+        raw.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        for (i, part) in [&sse[..5], &sse[5..20], &sse[20..]].iter().enumerate() {
+            let ext = if i == 1 { ";x=y" } else { "" };
+            raw.extend_from_slice(format!("{:x}{ext}\r\n{part}\r\n", part.len()).as_bytes());
+        }
+        raw.extend_from_slice(b"0\r\nTrailer: x\r\n\r\n");
+        raw.extend_from_slice(
+            b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        );
+        let mut r = &raw[..];
+        let (a, keep) = read_response(&mut r).unwrap();
+        assert_eq!((a.status, a.body.as_slice(), keep), (200, &b"{}"[..], true));
+        let (b, keep) = read_response(&mut r).unwrap();
+        assert!(keep && b.content_type.starts_with("text/event-stream"));
+        assert_eq!(b.body, sse.as_bytes());
+        assert_eq!(sse_events(&b.body), ["1", "{\"a\":\n1}"]);
+        let (c, keep) = read_response(&mut r).unwrap();
+        assert_eq!((c.status, c.body.len(), keep), (202, 0, false));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let s = Samples::new((1..=100).rev().map(Duration::from_millis).collect());
+        assert_eq!(s.pct(50.0), Duration::from_millis(50));
+        assert_eq!(s.pct(99.0), Duration::from_millis(99));
+        assert_eq!(s.pct(100.0), Duration::from_millis(100));
+    }
+}
