@@ -244,14 +244,18 @@ impl Jobs {
         let start = procs::stat(pid).map(|s| s.start).unwrap_or(0);
         let (tx, rx) = watch::channel(Progress::default());
         lock(&inner.live).insert(id.clone(), rx);
-        let store = inner.store.clone();
-        let jid = id.clone();
-        blocking(move || store.set_supervisor(&jid, pid, start)).await?;
+        // Recording the supervisor is off the start path: the watcher does it
+        // before anything else, so a restart can always re-adopt the job.
         let this = self.clone();
         let jid = id.clone();
-        inner
-            .tracker
-            .spawn(async move { this.watch_job(jid, pid, start, tx).await });
+        inner.tracker.spawn(async move {
+            let store = this.inner.store.clone();
+            let rid = jid.clone();
+            if let Err(e) = blocking(move || store.set_supervisor(&rid, pid, start)).await {
+                tracing::error!(job = %jid, "cannot record the supervisor: {e}");
+            }
+            this.watch_job(jid, pid, start, tx).await
+        });
         Ok(id)
     }
 

@@ -49,29 +49,36 @@ pub struct SpoolWriter {
     head: u64,
     tail: u64,
     file: Option<File>,
-    index: File,
+    index: Option<File>,
     total: u64,
     lines: u64,
 }
 
 impl SpoolWriter {
+    /// A writer for `dir`. Files are created with the first output, so a job
+    /// that prints nothing costs no file operations.
     pub fn create(dir: &Path, segment_size: u64, cap: u64) -> io::Result<SpoolWriter> {
         let (seg, head, tail) = layout(segment_size, cap);
-        // Atomic, so a reader never sees a half-written size.
-        let tmp = dir.join(".spool.meta.tmp");
-        create_private(&tmp)?.write_all(seg.to_string().as_bytes())?;
-        std::fs::rename(&tmp, dir.join("spool.meta"))?;
-        let index = create_private(&dir.join("lines.idx"))?;
         Ok(SpoolWriter {
             dir: dir.to_owned(),
             seg,
             head,
             tail,
             file: None,
-            index,
+            index: None,
             total: 0,
             lines: 0,
         })
+    }
+
+    /// Write `spool.meta` (atomically, so a reader never sees a half-written
+    /// size) and the line index, before the first segment exists.
+    fn start(&mut self) -> io::Result<()> {
+        let tmp = self.dir.join(".spool.meta.tmp");
+        create_private(&tmp)?.write_all(self.seg.to_string().as_bytes())?;
+        std::fs::rename(&tmp, self.dir.join("spool.meta"))?;
+        self.index = Some(create_private(&self.dir.join("lines.idx"))?);
+        Ok(())
     }
 
     pub fn total(&self) -> u64 {
@@ -111,7 +118,9 @@ impl SpoolWriter {
         while boundary <= end {
             let part = &chunk[(pos - start) as usize..(boundary - start) as usize];
             self.lines += memchr::memchr_iter(b'\n', part).count() as u64;
-            self.index.write_all(&self.lines.to_le_bytes())?;
+            if let Some(index) = self.index.as_mut() {
+                index.write_all(&self.lines.to_le_bytes())?;
+            }
             pos = boundary;
             boundary += INDEX_STEP;
         }
@@ -120,6 +129,9 @@ impl SpoolWriter {
     }
 
     fn open_segment(&mut self, n: u64) -> io::Result<()> {
+        if self.index.is_none() {
+            self.start()?;
+        }
         self.file = Some(create_private(&segment_path(&self.dir, n))?);
         // Past the cap: drop the oldest tail segment, keeping the head intact.
         if n >= self.head + self.tail {

@@ -34,22 +34,32 @@ const EVENT_EVERY: Duration = Duration::from_millis(20);
 /// A partial TTY line is published after this much quiet.
 const PARTIAL_AFTER: Duration = Duration::from_millis(100);
 
-/// Entry point in the forked supervisor process; returns the process exit code.
-pub fn run(spec: Spec, listener: StdListener) -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            write_status(&spec, &failed(format!("supervisor runtime: {e}"), 0));
-            return 1;
-        }
-    };
-    rt.block_on(supervise(spec, listener))
+/// A supervisor made ready before it has a job: its runtime is built and
+/// child exits are already being watched, so none of that is on a job's
+/// start path.
+pub struct Ready {
+    rt: tokio::runtime::Runtime,
+    sigchld: tokio::signal::unix::Signal,
 }
 
-fn failed(reason: String, total_bytes: u64) -> ExitStatus {
+impl Ready {
+    pub fn new() -> io::Result<Ready> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Reaping must be armed before the child exists, or an instant exit is missed.
+        let sigchld = rt.block_on(async { signal(SignalKind::child()) })?;
+        Ok(Ready { rt, sigchld })
+    }
+
+    /// Run the job; returns the process exit code.
+    pub fn run(self, spec: Spec, listener: StdListener) -> i32 {
+        let Ready { rt, sigchld } = self;
+        rt.block_on(supervise(spec, listener, sigchld))
+    }
+}
+
+pub fn failed(reason: String, total_bytes: u64) -> ExitStatus {
     ExitStatus {
         status: "failed".into(),
         exit_code: None,
@@ -85,15 +95,11 @@ struct Spawned {
     pty: Option<OwnedFd>,
 }
 
-async fn supervise(spec: Spec, listener: StdListener) -> i32 {
-    // Reaping must be armed before the child exists, or an instant exit is missed.
-    let mut sigchld = match signal(SignalKind::child()) {
-        Ok(s) => s,
-        Err(e) => {
-            write_status(&spec, &failed(format!("cannot watch child exits: {e}"), 0));
-            return 1;
-        }
-    };
+async fn supervise(
+    spec: Spec,
+    listener: StdListener,
+    mut sigchld: tokio::signal::unix::Signal,
+) -> i32 {
     let mut spool = match SpoolWriter::create(&spec.dir, spec.segment_size, spec.output_cap) {
         Ok(s) => s,
         Err(e) => {

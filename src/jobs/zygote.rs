@@ -133,6 +133,7 @@ fn spare_main(chan: UnixStream) -> i32 {
         let _ = rustix::stdio::dup2_stdin(&null);
         let _ = rustix::stdio::dup2_stdout(&null);
     }
+    let ready = supervisor::Ready::new();
     let Some(listener) = receive_listener(&chan) else {
         return 0; // the zygote went away without a job for us
     };
@@ -144,7 +145,14 @@ fn spare_main(chan: UnixStream) -> i32 {
         return 1;
     };
     redirect_stderr(&spec.dir.join("supervisor.log"));
-    supervisor::run(spec, listener)
+    match ready {
+        Ok(ready) => ready.run(spec, listener),
+        Err(e) => {
+            let why = format!("supervisor runtime: {e}");
+            supervisor::write_status(&spec, &supervisor::failed(why, 0));
+            1
+        }
+    }
 }
 
 fn receive_listener(chan: &UnixStream) -> Option<UnixListener> {
