@@ -24,7 +24,7 @@ use super::proto::{
 };
 use super::render::TtyRender;
 use super::spool::SpoolWriter;
-use super::{lock, now_ms, procs};
+use super::{direct, lock, now_ms, procs};
 
 /// How long output may keep flowing after the main process exits (background
 /// children holding the pipe) before the job is finalized.
@@ -451,8 +451,27 @@ fn output_pump(fd: OwnedFd, tx: mpsc::Sender<Vec<u8>>) {
 }
 
 fn spawn(spec: &Spec) -> io::Result<Spawned> {
-    let mut cmd = Command::new(&spec.shell);
-    cmd.arg("-c").arg(&spec.cmd).current_dir(&spec.cwd);
+    let path = spec
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let path = path.or_else(|| std::env::var("PATH").ok());
+    let mut cmd = match direct::direct(&spec.cmd, path.as_deref(), &spec.cwd) {
+        Some(d) => {
+            let mut c = Command::new(&d.program);
+            std::os::unix::process::CommandExt::arg0(&mut c, &d.words[0]);
+            c.args(&d.words[1..]);
+            c
+        }
+        None => {
+            let mut c = Command::new(&spec.shell);
+            c.arg("-c").arg(&spec.cmd);
+            c
+        }
+    };
+    cmd.current_dir(&spec.cwd).env("PWD", &spec.cwd);
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }

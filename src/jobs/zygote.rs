@@ -144,7 +144,6 @@ fn spare_main(chan: UnixStream) -> i32 {
     let Ok(spec) = serde_json::from_str::<Spec>(&line) else {
         return 1;
     };
-    redirect_stderr(&spec.dir.join("supervisor.log"));
     match ready {
         Ok(ready) => ready.run(spec, listener),
         Err(e) => {
@@ -174,19 +173,6 @@ fn receive_listener(chan: &UnixStream) -> Option<UnixListener> {
         RecvAncillaryMessage::ScmRights(mut fds) => fds.next().map(UnixListener::from),
         _ => None,
     })
-}
-
-/// Supervisor diagnostics go to a 0600 log in the job directory.
-fn redirect_stderr(log: &std::path::Path) {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(log)
-    {
-        let _ = rustix::stdio::dup2_stderr(&f);
-    }
 }
 
 /// fork(2). Only sound because the zygote is single-threaded: `main` enters
