@@ -227,6 +227,7 @@ impl Jobs {
             Ok(pid) => pid,
             Err(e) => {
                 let end = JobEnd {
+                    spool_bytes: 0,
                     status: JobStatus::Failed,
                     exit_code: None,
                     signal: None,
@@ -367,6 +368,7 @@ impl Jobs {
             let _ = store.finish_job(
                 &id,
                 &JobEnd {
+                    spool_bytes: dir_size(&dir),
                     status: JobStatus::Lost,
                     exit_code: None,
                     signal: None,
@@ -579,6 +581,7 @@ fn spool_totals(dir: &Path) -> (u64, u64) {
 fn end_from_status(dir: &Path, status: &ExitStatus) -> JobEnd {
     let (total_bytes, total_lines) = spool_totals(dir);
     JobEnd {
+        spool_bytes: dir_size(dir),
         status: JobStatus::parse(&status.status).unwrap_or(JobStatus::Failed),
         exit_code: status.exit_code,
         signal: status.signal,
@@ -605,6 +608,7 @@ pub fn reconcile_row(store: &Store, jobs_dir: &Path, row: JobRow) -> JobRow {
             _ => {
                 let (total_bytes, total_lines) = spool_totals(&dir);
                 JobEnd {
+                    spool_bytes: dir_size(&dir),
                     status: JobStatus::Lost,
                     exit_code: None,
                     signal: None,
@@ -643,21 +647,12 @@ pub async fn control_request(dir: &Path, req: &Request) -> Result<Event, JobErro
 
 /// Delete spools of the oldest finished jobs until the total is within `quota`.
 fn enforce_quota(store: &Store, jobs_dir: &Path, quota: u64) -> Result<(), JobError> {
-    let finished = store.finished_with_spool()?;
-    let sizes: Vec<(String, u64)> = finished
-        .into_iter()
-        .map(|(id, _)| {
-            let size = dir_size(&jobs_dir.join(&id));
-            (id, size)
-        })
-        .collect();
-    let mut total: u64 = sizes.iter().map(|(_, s)| s).sum();
-    for (id, size) in sizes {
+    let (finished, mut total) = store.finished_spools()?;
+    for (id, size) in finished {
         if total <= quota {
             break;
         }
-        let dir = jobs_dir.join(&id);
-        match std::fs::remove_dir_all(&dir) {
+        match std::fs::remove_dir_all(jobs_dir.join(&id)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
@@ -666,7 +661,7 @@ fn enforce_quota(store: &Store, jobs_dir: &Path, quota: u64) -> Result<(), JobEr
             }
         }
         store.mark_spool_deleted(&id)?;
-        total -= size;
+        total = total.saturating_sub(size);
     }
     Ok(())
 }

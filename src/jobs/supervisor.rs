@@ -468,7 +468,9 @@ fn spawn(spec: &Spec) -> io::Result<Spawned> {
         None => {
             let mut c = Command::new(&spec.shell);
             // Messages then read "bash: line 1: …" rather than with the full path.
-            let name = std::path::Path::new(&spec.shell).file_name().unwrap_or_default();
+            let name = std::path::Path::new(&spec.shell)
+                .file_name()
+                .unwrap_or_default();
             std::os::unix::process::CommandExt::arg0(&mut c, name);
             c.arg("-c").arg(&spec.cmd);
             c

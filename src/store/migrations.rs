@@ -30,6 +30,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jobs_created ON jobs (created_ms DESC, id DESC);
     CREATE INDEX jobs_status ON jobs (status);",
+    // 2: bytes each finished job's spool holds on disk, so the quota needs no directory walk
+    "ALTER TABLE jobs ADD COLUMN spool_bytes INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(super) fn apply(conn: &Connection) -> Result<(), StoreError> {

@@ -127,6 +127,8 @@ impl JobRow {
 /// The final facts of a finished job.
 #[derive(Debug, Clone)]
 pub struct JobEnd {
+    /// Bytes the spool files hold on disk (after the cap), for the quota.
+    pub spool_bytes: u64,
     pub status: JobStatus,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -232,7 +234,7 @@ impl Store {
         self.with(|c| {
             let n = c.execute(
                 "UPDATE jobs SET status = ?2, exit_code = ?3, signal = ?4, reason = ?5, ended_ms = ?6, \
-                 total_bytes = ?7, total_lines = ?8 WHERE id = ?1 AND status = 'running'",
+                 total_bytes = ?7, total_lines = ?8, spool_bytes = ?9 WHERE id = ?1 AND status = 'running'",
                 params![
                     id,
                     end.status.as_str(),
@@ -241,7 +243,8 @@ impl Store {
                     end.reason,
                     end.ended_ms,
                     end.total_bytes as i64,
-                    end.total_lines as i64
+                    end.total_lines as i64,
+                    end.spool_bytes as i64
                 ],
             )?;
             Ok(n == 1)
@@ -324,15 +327,21 @@ impl Store {
         })
     }
 
-    /// Finished jobs whose spool still exists, oldest first (quota cleanup order).
-    pub fn finished_with_spool(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    /// Finished jobs whose spool still exists, oldest first (quota cleanup
+    /// order), with the bytes each holds; and their total.
+    pub fn finished_spools(&self) -> Result<(Vec<(String, u64)>, u64), StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, COALESCE(ended_ms, created_ms) FROM jobs \
-                 WHERE status != 'running' AND spool_deleted = 0 ORDER BY COALESCE(ended_ms, created_ms) ASC",
+            let total: i64 = c.query_row(
+                "SELECT COALESCE(SUM(spool_bytes), 0) FROM jobs WHERE status != 'running' AND spool_deleted = 0",
+                [],
+                |r| r.get(0),
             )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
+            let mut stmt = c.prepare_cached(
+                "SELECT id, spool_bytes FROM jobs WHERE status != 'running' AND spool_deleted = 0 \
+                 ORDER BY COALESCE(ended_ms, created_ms) ASC",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok((rows.collect::<rusqlite::Result<_>>()?, total as u64))
         })
     }
 }
@@ -400,6 +409,7 @@ mod tests {
             "duplicate id refused"
         );
         let end = JobEnd {
+            spool_bytes: 0,
             status: JobStatus::Exited,
             exit_code: Some(3),
             signal: None,
