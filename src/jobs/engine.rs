@@ -13,9 +13,11 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::proto::{
-    CONTROL_SOCKET, Event, ExitStatus, KillReport, Request, STATUS_FILE, Spec, StdinMode,
+use super::jobdir::{
+    control_request, dir_size, end_from_status, enforce_quota, open_spool, read_status,
+    spool_totals,
 };
+use super::proto::{CONTROL_SOCKET, Event, ExitStatus, KillReport, Request, Spec, StdinMode};
 use super::spool::SpoolReader;
 use super::{JobError, id, lock, now_ms, procs, zygote::Zygote};
 use crate::config::JobsConfig;
@@ -551,128 +553,4 @@ fn validate_env(env: &[(String, String)]) -> Result<(), JobError> {
         }
     }
     Ok(())
-}
-
-/// Read `status.json` from a job directory.
-pub fn read_status(dir: &Path) -> Option<ExitStatus> {
-    let text = std::fs::read(dir.join(STATUS_FILE)).ok()?;
-    serde_json::from_slice(&text).ok()
-}
-
-fn open_spool(dir: &Path, id: &str) -> Result<SpoolReader, JobError> {
-    SpoolReader::open(dir).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            JobError::Invalid(format!(
-                "the output of job {id} is no longer stored (removed by the spool quota)"
-            ))
-        } else {
-            JobError::Io(e)
-        }
-    })
-}
-
-fn spool_totals(dir: &Path) -> (u64, u64) {
-    match SpoolReader::open(dir) {
-        Ok(r) => (r.len(), r.total_lines().unwrap_or(0)),
-        Err(_) => (0, 0),
-    }
-}
-
-fn end_from_status(dir: &Path, status: &ExitStatus) -> JobEnd {
-    let (total_bytes, total_lines) = spool_totals(dir);
-    JobEnd {
-        spool_bytes: dir_size(dir),
-        status: JobStatus::parse(&status.status).unwrap_or(JobStatus::Failed),
-        exit_code: status.exit_code,
-        signal: status.signal,
-        reason: status.reason.clone(),
-        ended_ms: status.ended_ms,
-        total_bytes: total_bytes.max(status.total_bytes),
-        total_lines,
-    }
-}
-
-/// Settle a `running` row without a server: used by the CLI so `mcpsh jobs`
-/// shows the truth even when no server is up. Returns the row as it now stands.
-pub fn reconcile_row(store: &Store, jobs_dir: &Path, row: JobRow) -> JobRow {
-    if row.status.is_final() {
-        return row;
-    }
-    let dir = jobs_dir.join(&row.id);
-    let end = match read_status(&dir) {
-        Some(status) => end_from_status(&dir, &status),
-        None => match (row.sup_pid, row.sup_start) {
-            (Some(pid), Some(start)) if procs::same_process_alive(pid, start) => return row,
-            // Just created: the supervisor may not be recorded yet.
-            (None, _) if now_ms() - row.created_ms < 10_000 => return row,
-            _ => {
-                let (total_bytes, total_lines) = spool_totals(&dir);
-                JobEnd {
-                    spool_bytes: dir_size(&dir),
-                    status: JobStatus::Lost,
-                    exit_code: None,
-                    signal: None,
-                    reason: Some("its supervisor process is gone and left no exit status".into()),
-                    ended_ms: now_ms(),
-                    total_bytes,
-                    total_lines,
-                }
-            }
-        },
-    };
-    let _ = store.finish_job(&row.id, &end);
-    store.get_job(&row.id).ok().flatten().unwrap_or(row)
-}
-
-/// One request/response exchange on a job's control socket.
-pub async fn control_request(dir: &Path, req: &Request) -> Result<Event, JobError> {
-    let sock = dir.join(CONTROL_SOCKET);
-    let stream = UnixStream::connect(&sock).await.map_err(|e| {
-        JobError::Control(format!(
-            "cannot reach the job's supervisor ({e}); the job has probably just ended"
-        ))
-    })?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(req).map_err(|e| JobError::Control(e.to_string()))?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
-    let mut lines = BufReader::new(read).lines();
-    let reply = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-        .await
-        .map_err(|_| JobError::Control("the supervisor did not answer within 15 s".into()))??;
-    let reply =
-        reply.ok_or_else(|| JobError::Control("the supervisor closed the connection".into()))?;
-    serde_json::from_str(&reply).map_err(|e| JobError::Control(format!("bad reply: {e}")))
-}
-
-/// Delete spools of the oldest finished jobs until the total is within `quota`.
-fn enforce_quota(store: &Store, jobs_dir: &Path, quota: u64) -> Result<(), JobError> {
-    let (finished, mut total) = store.finished_spools()?;
-    for (id, size) in finished {
-        if total <= quota {
-            break;
-        }
-        match std::fs::remove_dir_all(jobs_dir.join(&id)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(job = %id, "cannot remove spool: {e}");
-                continue;
-            }
-        }
-        store.mark_spool_deleted(&id)?;
-        total = total.saturating_sub(size);
-    }
-    Ok(())
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }

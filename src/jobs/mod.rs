@@ -9,16 +9,19 @@
 mod direct;
 mod engine;
 pub mod id;
+mod jobdir;
 pub mod keys;
 pub mod output;
 pub mod procs;
 pub mod proto;
 pub mod render;
+mod spawn;
 pub mod spool;
 pub mod supervisor;
 pub mod zygote;
 
-pub use engine::{Jobs, Progress, StartRequest, control_request, read_status, reconcile_row};
+pub use engine::{Jobs, Progress, StartRequest};
+pub use jobdir::{control_request, read_status, reconcile_row};
 
 /// Errors the job engine reports. Messages are written for a model to act on.
 #[derive(Debug, thiserror::Error)]
