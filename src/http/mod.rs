@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Which `Host` and `Origin` values are accepted.
 #[derive(Debug, Clone)]
@@ -88,8 +89,9 @@ impl Guard {
 }
 
 async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
     match g.check(req.headers()) {
-        Ok(()) => next.run(req).await,
+        Ok(()) => next.run(req).instrument(span).await,
         Err(why) => {
             tracing::warn!(why, "refused request");
             (StatusCode::FORBIDDEN, why).into_response()
