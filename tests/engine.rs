@@ -161,9 +161,19 @@ async fn plain_commands_run_without_a_shell_but_see_the_same_world() {
         // Direct exec: PWD is the job's cwd, as bash would have set it.
         ("printenv PWD", "/tmp", "/tmp\n", 0),
         // Direct exec keeps the program's own exit code and stderr (merged).
-        ("ls /nonexistent-mcpsh-dir", "/", "ls: cannot access '/nonexistent-mcpsh-dir': No such file or directory\n", 2),
+        (
+            "ls /nonexistent-mcpsh-dir",
+            "/",
+            "ls: cannot access '/nonexistent-mcpsh-dir': No such file or directory\n",
+            2,
+        ),
         // A missing program goes through bash, which says so with 127.
-        ("no-such-program-mcpsh", "/", "bash: line 1: no-such-program-mcpsh: command not found\n", 127),
+        (
+            "no-such-program-mcpsh",
+            "/",
+            "bash: line 1: no-such-program-mcpsh: command not found\n",
+            127,
+        ),
         // Shell syntax always goes through bash.
         ("echo $((6*7))", "/", "42\n", 0),
     ] {
@@ -171,7 +181,11 @@ async fn plain_commands_run_without_a_shell_but_see_the_same_world() {
         req.cwd = Some(cwd.into());
         let id = app.jobs.start(req).await.unwrap();
         let row = finished(&app, &id, 10).await;
-        assert_eq!(String::from_utf8(all_output(&app, &id).await).unwrap(), expected_out, "{cmd}");
+        assert_eq!(
+            String::from_utf8(all_output(&app, &id).await).unwrap(),
+            expected_out,
+            "{cmd}"
+        );
         assert_eq!(row.exit_code, Some(expected_code), "{cmd}");
     }
     app.shutdown().await;
