@@ -4,9 +4,13 @@
 fn main() -> std::process::ExitCode {
     // The job zygote must start before any thread exists (it forks), so it is
     // dispatched before argument parsing or the async runtime.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__zygote") {
-        mcpsh::telemetry::init();
-        return std::process::ExitCode::from(mcpsh::jobs::zygote::main() as u8);
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "__zygote") {
+        let Some(socket) = args.next() else {
+            eprintln!("mcpsh __zygote: internal mode, started by the server with a socket path");
+            return std::process::ExitCode::FAILURE;
+        };
+        return std::process::ExitCode::from(mcpsh::jobs::zygote::main(socket.as_ref()) as u8);
     }
     mcpsh::cli::main()
 }

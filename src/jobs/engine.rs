@@ -55,7 +55,7 @@ struct Inner {
     cfg: JobsConfig,
     dir: PathBuf,
     store: Store,
-    zygote: Zygote,
+    zygote: Arc<Zygote>,
     shell: String,
     home: PathBuf,
     live: Mutex<HashMap<String, watch::Receiver<Progress>>>,
@@ -83,6 +83,10 @@ impl Jobs {
         cancel: CancellationToken,
     ) -> Result<Jobs, JobError> {
         crate::app::create_private_dir(&jobs_dir)?;
+        // Spares of this server connect here (one socket per server process);
+        // sockets left by servers that were killed are removed.
+        remove_stale_spare_sockets(&jobs_dir);
+        let spare_socket = jobs_dir.join(format!(".spares-{}.sock", std::process::id()));
         let shell = ["/bin/bash", "/usr/bin/bash", "/bin/sh"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -97,7 +101,7 @@ impl Jobs {
                 cfg,
                 dir: jobs_dir,
                 store,
-                zygote: Zygote::new(exe),
+                zygote: Arc::new(Zygote::new(exe, spare_socket)),
                 shell,
                 home,
                 live: Mutex::new(HashMap::new()),
@@ -119,7 +123,10 @@ impl Jobs {
     /// Start the zygote, re-adopt jobs left running by an earlier server, and
     /// start the quota cleaner.
     pub async fn start_background(&self) -> Result<(), JobError> {
-        self.inner.zygote.warm().await?;
+        let zygote = self.inner.zygote.clone();
+        zygote
+            .start(&self.inner.tracker, self.inner.cancel.clone())
+            .await?;
         let store = self.inner.store.clone();
         let rows = blocking(move || {
             store.list_jobs(&crate::store::JobFilter {
@@ -225,8 +232,8 @@ impl Jobs {
             segment_size: inner.cfg.segment_size,
             output_cap: inner.cfg.output_cap,
         };
-        let pid = match inner.zygote.fork(&spec).await {
-            Ok(pid) => pid,
+        let spare = match inner.zygote.start_job(&spec).await {
+            Ok(spare) => spare,
             Err(e) => {
                 let end = JobEnd {
                     spool_bytes: 0,
@@ -244,6 +251,7 @@ impl Jobs {
                 return Err(e);
             }
         };
+        let pid = spare.pid;
         let start = procs::stat(pid).map(|s| s.start).unwrap_or(0);
         let (tx, rx) = watch::channel(Progress::default());
         lock(&inner.live).insert(id.clone(), rx);
@@ -257,7 +265,8 @@ impl Jobs {
             if let Err(e) = blocking(move || store.set_supervisor(&rid, pid, start)).await {
                 tracing::error!(job = %jid, "cannot record the supervisor: {e}");
             }
-            this.watch_job(jid, pid, start, tx).await
+            this.watch_job(jid, pid, start, tx, Some(spare.stream))
+                .await
         });
         Ok(id)
     }
@@ -274,7 +283,7 @@ impl Jobs {
                 let (tx, rx) = watch::channel(Progress::default());
                 lock(&self.inner.live).insert(row.id.clone(), rx);
                 let this = self.clone();
-                self.inner.tracker.spawn(async move { this.watch_job(row.id, pid, start, tx).await });
+                self.inner.tracker.spawn(async move { this.watch_job(row.id, pid, start, tx, None).await });
             }
             _ => {
                 self.mark_lost(&row.id, "its supervisor process is gone and left no exit status (was the machine rebooted?)")
@@ -283,36 +292,53 @@ impl Jobs {
         }
     }
 
-    async fn watch_job(&self, id: String, pid: i32, start: u64, tx: watch::Sender<Progress>) {
+    /// Follow a job to its end: first on `handed` (the connection the job was
+    /// handed over on) when there is one, then on its control socket, falling
+    /// back to its status file and the supervisor's liveness.
+    async fn watch_job(
+        &self,
+        id: String,
+        pid: i32,
+        start: u64,
+        tx: watch::Sender<Progress>,
+        handed: Option<UnixStream>,
+    ) {
         let dir = self.job_dir(&id);
         let sock = dir.join(CONTROL_SOCKET);
+        let mut next_stream = handed;
         loop {
-            if let Ok(stream) = UnixStream::connect(&sock).await {
-                let (read, mut write) = stream.into_split();
-                let mut line = serde_json::to_vec(&Request::Watch).unwrap_or_default();
-                line.push(b'\n');
-                if write.write_all(&line).await.is_ok() {
-                    let mut lines = BufReader::new(read).lines();
-                    loop {
-                        let next = tokio::select! {
-                            l = lines.next_line() => l,
-                            _ = self.inner.cancel.cancelled() => return,
-                        };
-                        match next {
-                            Ok(Some(l)) => match serde_json::from_str::<Event>(&l) {
-                                Ok(Event::Out { bytes }) => {
-                                    tx.send_modify(|p| p.bytes = bytes);
-                                }
-                                Ok(Event::Exit(status)) => {
-                                    let end = self.finalize(&id, status).await;
-                                    tx.send_modify(|p| p.end = Some(end));
-                                    lock(&self.inner.live).remove(&id);
-                                    return;
-                                }
-                                _ => {}
-                            },
-                            _ => break,
-                        }
+            let stream = match next_stream.take() {
+                Some(s) => Some(s),
+                None => match UnixStream::connect(&sock).await {
+                    Ok(mut s) => {
+                        let mut line = serde_json::to_vec(&Request::Watch).unwrap_or_default();
+                        line.push(b'\n');
+                        s.write_all(&line).await.ok().map(|()| s)
+                    }
+                    Err(_) => None,
+                },
+            };
+            if let Some(stream) = stream {
+                let mut lines = BufReader::new(stream).lines();
+                loop {
+                    let next = tokio::select! {
+                        l = lines.next_line() => l,
+                        _ = self.inner.cancel.cancelled() => return,
+                    };
+                    match next {
+                        Ok(Some(l)) => match serde_json::from_str::<Event>(&l) {
+                            Ok(Event::Out { bytes }) => {
+                                tx.send_modify(|p| p.bytes = bytes);
+                            }
+                            Ok(Event::Exit(status)) => {
+                                let end = self.finalize(&id, status).await;
+                                tx.send_modify(|p| p.end = Some(end));
+                                lock(&self.inner.live).remove(&id);
+                                return;
+                            }
+                            _ => {}
+                        },
+                        _ => break,
                     }
                 }
             }
@@ -347,6 +373,13 @@ impl Jobs {
     }
 
     async fn finalize(&self, id: &str, status: ExitStatus) -> JobStatus {
+        // A job ended: a good moment to fork the next spare supervisors.
+        let zygote = self.inner.zygote.clone();
+        self.inner.tracker.spawn(async move {
+            if let Err(e) = zygote.replenish().await {
+                tracing::warn!("cannot prepare spare supervisors: {e}");
+            }
+        });
         let dir = self.job_dir(id);
         let store = self.inner.store.clone();
         let id = id.to_owned();
@@ -540,6 +573,25 @@ impl Jobs {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = self.inner.cancel.cancelled() => return,
             }
+        }
+    }
+}
+
+fn remove_stale_spare_sockets(jobs_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(jobs_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".spares-"))
+            .and_then(|n| n.strip_suffix(".sock"))
+            .and_then(|n| n.parse::<i32>().ok());
+        if let Some(pid) = pid
+            && procs::stat(pid).is_none()
+        {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

@@ -87,6 +87,13 @@ pub fn reconcile_row(store: &Store, jobs_dir: &Path, row: JobRow) -> JobRow {
 /// One request/response exchange on a job's control socket.
 pub async fn control_request(dir: &Path, req: &Request) -> Result<Event, JobError> {
     let sock = dir.join(CONTROL_SOCKET);
+    // A supervisor binds its socket just after taking its job: allow it a moment.
+    for _ in 0..50 {
+        if sock.exists() || dir.join(STATUS_FILE).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let stream = UnixStream::connect(&sock).await.map_err(|e| {
         JobError::Control(format!(
             "cannot reach the job's supervisor ({e}); the job has probably just ended"

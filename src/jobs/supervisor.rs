@@ -52,10 +52,11 @@ impl Ready {
         Ok(Ready { rt, sigchld })
     }
 
-    /// Run the job; returns the process exit code.
-    pub fn run(self, spec: Spec, listener: StdListener) -> i32 {
+    /// Run the job; `server` is the connection the job was handed over on,
+    /// which receives its events like any watcher. Returns the exit code.
+    pub fn run(self, spec: Spec, listener: StdListener, server: StdStream) -> i32 {
         let Ready { rt, sigchld } = self;
-        rt.block_on(supervise(spec, listener, sigchld))
+        rt.block_on(supervise(spec, listener, sigchld, server))
     }
 }
 
@@ -92,6 +93,7 @@ async fn supervise(
     spec: Spec,
     listener: StdListener,
     mut sigchld: tokio::signal::unix::Signal,
+    server: StdStream,
 ) -> i32 {
     let mut spool = match SpoolWriter::create(&spec.dir, spec.segment_size, spec.output_cap) {
         Ok(s) => s,
@@ -146,7 +148,7 @@ async fn supervise(
         child_pid: spawned.pid,
         stdin: stdin_tx,
         pty: spawned.pty,
-        watchers: Mutex::new(Vec::new()),
+        watchers: Mutex::new(vec![server]),
         total: Mutex::new(0),
         ended_by: Mutex::new(None),
         kill_started: Mutex::new(false),

@@ -1,130 +1,64 @@
-//! The zygote: a small single-threaded helper process (`mcpsh __zygote`) that
-//! the server starts once and that forks one supervisor per job. It keeps one
-//! *spare* supervisor forked ahead of time, already detached and waiting for
-//! its spec, so starting a job costs neither an exec nor a fork on the
-//! latency path of a `bash` call: the zygote binds the job's control socket,
-//! passes it with the spec to the spare (SCM_RIGHTS), answers the server at
-//! once, and forks the next spare while the job runs. Because the socket is
-//! bound before the answer, the server can connect as soon as it has the pid.
+//! The zygote and its spares. The zygote is a small single-threaded helper
+//! process (`mcpsh __zygote SOCKET`) that the server starts once; for every
+//! line the server writes to it, it forks one *spare* supervisor. A spare
+//! detaches at once (own session, child subreaper, stdio on `/dev/null`),
+//! builds its runtime, arms SIGCHLD, connects to the server's spare socket and
+//! says `{"pid": N}`, then waits for a job spec on that connection.
 //!
-//! Protocol on the zygote's stdin/stdout: one [`Spec`] JSON line in, one
-//! `{"pid": N}` or `{"error": "..."}` line out. On EOF (the server went away)
-//! the zygote exits, and so does an idle spare; supervisors that took a job
-//! live on in their own sessions.
+//! Starting a job is then one write to an idle spare: no exec, no fork, no
+//! zygote round trip on the latency path of a `bash` call. The same
+//! connection carries the job's events back, so the server needs no connect
+//! either; the spare also binds the job's control socket for later clients
+//! (the CLI, a restarted server). On EOF the zygote exits, and so does an idle
+//! spare; supervisors that took a job live on in their own sessions.
 
-use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
-use std::os::fd::AsFd;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 
 use super::proto::{CONTROL_SOCKET, Spec};
-use super::{JobError, supervisor};
+use super::{JobError, lock, supervisor};
 
-/// The zygote's answer to one spec.
+/// A spare's greeting on the server's spare socket.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Forked {
-    pub pid: Option<i32>,
-    pub error: Option<String>,
+pub struct Hello {
+    pub pid: i32,
 }
 
-/// A supervisor forked ahead of time, waiting for its spec.
-struct Spare {
-    pid: i32,
-    chan: UnixStream,
-}
-
-/// Run the zygote loop. Must be called before any thread is started (it forks).
-pub fn main() -> i32 {
+/// Run the zygote loop: one spare per line on stdin. Must be called before
+/// any thread is started (it forks).
+pub fn main(spare_socket: &Path) -> i32 {
     ignore_sigchld();
     let stdin = std::io::stdin();
     let mut input = BufReader::new(stdin.lock());
-    let mut out = std::io::stdout().lock();
     let mut line = String::new();
-    let mut spare: Option<Spare> = None;
     loop {
-        if spare.is_none() {
-            spare = fork_spare().ok();
-        }
         line.clear();
         match input.read_line(&mut line) {
             Ok(0) | Err(_) => return 0,
             Ok(_) => {}
         }
-        let answer = match start(&line, &mut spare) {
-            Ok(pid) => Forked {
-                pid: Some(pid),
-                error: None,
-            },
-            Err(e) => Forked {
-                pid: None,
-                error: Some(e),
-            },
-        };
-        let mut reply = serde_json::to_vec(&answer).unwrap_or_default();
-        reply.push(b'\n');
-        if out.write_all(&reply).and_then(|()| out.flush()).is_err() {
-            return 0;
+        if let Ok(0) = fork() {
+            std::process::exit(spare_main(spare_socket));
         }
     }
 }
 
-/// Bind the job's control socket and hand it with the spec to a spare
-/// (forking a fresh one if the spare is gone). Returns the supervisor's pid.
-fn start(spec_line: &str, spare: &mut Option<Spare>) -> Result<i32, String> {
-    let spec: Spec = serde_json::from_str(spec_line).map_err(|e| format!("bad spec: {e}"))?;
-    let sock = spec.dir.join(CONTROL_SOCKET);
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock)
-        .map_err(|e| format!("cannot bind control socket {}: {e}", sock.display()))?;
-    for _ in 0..2 {
-        let s = match spare.take() {
-            Some(s) => s,
-            None => fork_spare().map_err(|e| format!("cannot fork a supervisor: {e}"))?,
-        };
-        if hand_over(&s, spec_line, &listener).is_ok() {
-            return Ok(s.pid);
-        }
-    }
-    Err("no supervisor would take the job".to_owned())
-}
-
-/// Send the listener (as SCM_RIGHTS on the first byte) and the spec line.
-fn hand_over(spare: &Spare, spec_line: &str, listener: &UnixListener) -> std::io::Result<()> {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
-    let fds = [listener.as_fd()];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    sendmsg(
-        &spare.chan,
-        &[IoSlice::new(b"S")],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
-    (&spare.chan).write_all(spec_line.as_bytes())
-}
-
-/// Fork a spare supervisor: detached now, waiting on a socket for its job.
-fn fork_spare() -> std::io::Result<Spare> {
-    let (ours, theirs) = UnixStream::pair()?;
-    match fork()? {
-        0 => {
-            drop(ours);
-            std::process::exit(spare_main(theirs))
-        }
-        pid => Ok(Spare { pid, chan: ours }),
-    }
-}
-
-fn spare_main(chan: UnixStream) -> i32 {
+fn spare_main(spare_socket: &Path) -> i32 {
     restore_sigchld();
     let _ = rustix::process::setsid();
     // Orphaned descendants of the job are re-parented here, so a kill can find them.
     let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
-    // Let go of the zygote's pipes to the server (its EOF must reach the zygote).
+    // Let go of the server's pipes (the zygote's stdin/stdout, and stderr,
+    // which in stdio mode is the client's): their EOF must not wait for jobs.
+    // A supervisor reports failures in the job's status.json instead.
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -132,47 +66,45 @@ fn spare_main(chan: UnixStream) -> i32 {
     {
         let _ = rustix::stdio::dup2_stdin(&null);
         let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
     }
-    let ready = supervisor::Ready::new();
-    let Some(listener) = receive_listener(&chan) else {
-        return 0; // the zygote went away without a job for us
-    };
-    let mut line = String::new();
-    if BufReader::new(&chan).read_line(&mut line).is_err() {
+    let Ok(ready) = supervisor::Ready::new() else {
         return 1;
+    };
+    let Ok(mut server) = UnixStream::connect(spare_socket) else {
+        return 1;
+    };
+    let hello = Hello {
+        pid: rustix::process::getpid().as_raw_nonzero().get(),
+    };
+    let Ok(mut hello) = serde_json::to_vec(&hello) else {
+        return 1;
+    };
+    hello.push(b'\n');
+    if server.write_all(&hello).is_err() {
+        return 1;
+    }
+    let mut line = String::new();
+    let mut reader = BufReader::new(&server);
+    match reader.read_line(&mut line) {
+        Ok(n) if n > 0 => {}
+        _ => return 0, // the server went away without a job for us
     }
     let Ok(spec) = serde_json::from_str::<Spec>(&line) else {
         return 1;
     };
-    match ready {
-        Ok(ready) => ready.run(spec, listener),
+    let sock = spec.dir.join(CONTROL_SOCKET);
+    let _ = std::fs::remove_file(&sock);
+    let listener = match UnixListener::bind(&sock) {
+        Ok(l) => l,
         Err(e) => {
-            let why = format!("supervisor runtime: {e}");
+            let why = format!("cannot bind control socket {}: {e}", sock.display());
             supervisor::write_status(&spec, &supervisor::failed(why, 0));
-            1
+            return 1;
         }
-    }
-}
-
-fn receive_listener(chan: &UnixStream) -> Option<UnixListener> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
-    let mut byte = [0u8; 1];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = recvmsg(
-        chan,
-        &mut [IoSliceMut::new(&mut byte)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .ok()?;
-    if got.bytes == 0 {
-        return None;
-    }
-    control.drain().find_map(|m| match m {
-        RecvAncillaryMessage::ScmRights(mut fds) => fds.next().map(UnixListener::from),
-        _ => None,
-    })
+    };
+    let _ = server.set_write_timeout(Some(Duration::from_millis(200)));
+    ready.run(spec, listener, server)
 }
 
 /// fork(2). Only sound because the zygote is single-threaded: `main` enters
@@ -189,7 +121,7 @@ fn fork() -> std::io::Result<i32> {
     }
 }
 
-/// Let the kernel reap forked supervisors when they exit (the zygote never waits).
+/// Let the kernel reap spares when they exit (the zygote never waits).
 #[allow(unsafe_code)]
 fn ignore_sigchld() {
     // SAFETY: setting a disposition to SIG_IGN installs no handler code.
@@ -207,31 +139,132 @@ fn restore_sigchld() {
     }
 }
 
-/// The server's handle on its zygote: serialises requests, restarts it if it died.
-pub struct Zygote {
-    exe: PathBuf,
-    proc: tokio::sync::Mutex<Option<Running>>,
+/// How many idle spares the server keeps. Replacements are forked when a job
+/// ends, not when it starts, so the fork never competes with a starting job
+/// for the CPU; two spares cover back-to-back starts.
+const SPARES: usize = 2;
+
+/// An idle spare, connected and waiting for a spec.
+pub struct Spare {
+    pub pid: i32,
+    pub stream: tokio::net::UnixStream,
 }
 
-struct Running {
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
+/// The server's side: the zygote process, the spare socket and the pool of
+/// idle spares.
+pub struct Zygote {
+    exe: PathBuf,
+    socket: PathBuf,
+    proc: tokio::sync::Mutex<Option<(tokio::process::Child, tokio::process::ChildStdin)>>,
+    idle: Mutex<Vec<Spare>>,
+    /// Spares asked of the zygote that have not connected yet.
+    pending: std::sync::atomic::AtomicUsize,
+    arrived: Notify,
 }
 
 impl Zygote {
-    pub fn new(exe: PathBuf) -> Zygote {
+    /// `socket` is where spares connect; it lives in a 0700 directory.
+    pub fn new(exe: PathBuf, socket: PathBuf) -> Zygote {
         Zygote {
             exe,
+            socket,
             proc: tokio::sync::Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            pending: std::sync::atomic::AtomicUsize::new(0),
+            arrived: Notify::new(),
         }
     }
 
-    fn start(&self) -> Result<Running, JobError> {
+    /// Bind the spare socket, start the zygote and ask for the first spares.
+    /// Spares are accepted by a task on `tracker` until `cancel`.
+    pub async fn start(
+        self: &std::sync::Arc<Self>,
+        tracker: &tokio_util::task::TaskTracker,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<(), JobError> {
+        let _ = std::fs::remove_file(&self.socket);
+        let listener = tokio::net::UnixListener::bind(&self.socket).map_err(|e| {
+            JobError::Spawn(format!(
+                "cannot bind the spare socket {}: {e}",
+                self.socket.display()
+            ))
+        })?;
+        let this = self.clone();
+        tracker.spawn(async move {
+            loop {
+                let conn = tokio::select! {
+                    c = listener.accept() => c,
+                    _ = cancel.cancelled() => break,
+                };
+                if let Ok((stream, _)) = conn {
+                    this.welcome(stream).await;
+                }
+            }
+            let _ = std::fs::remove_file(&this.socket);
+        });
+        self.replenish().await
+    }
+
+    /// Read a spare's greeting and put it in the pool.
+    async fn welcome(&self, stream: tokio::net::UnixStream) {
+        let mut reader = tokio::io::BufReader::new(stream);
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+        let Ok(Ok(n)) = read else { return };
+        let Ok(hello) = serde_json::from_str::<Hello>(&line[..n]) else {
+            return;
+        };
+        // The greeting is the only thing a spare sends before its spec, so
+        // nothing is left in the reader's buffer.
+        lock(&self.idle).push(Spare {
+            pid: hello.pid,
+            stream: reader.into_inner(),
+        });
+        let _ = self
+            .pending
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        self.arrived.notify_waiters();
+    }
+
+    /// Top the pool up to [`SPARES`], counting those on their way. Called when
+    /// a job ends, so the forks happen while nothing is starting.
+    pub async fn replenish(&self) -> Result<(), JobError> {
+        let have = lock(&self.idle).len() + self.pending.load(SeqCst);
+        match SPARES.saturating_sub(have) {
+            0 => Ok(()),
+            n => self.request(n).await,
+        }
+    }
+
+    /// Ask the zygote for `n` more spares (restarting it if it died).
+    async fn request(&self, n: usize) -> Result<(), JobError> {
+        self.pending.fetch_add(n, SeqCst);
+        let mut guard = self.proc.lock().await;
+        for _ in 0..2 {
+            if guard.is_none() {
+                *guard = Some(self.spawn_zygote()?);
+            }
+            if let Some((_, stdin)) = guard.as_mut()
+                && stdin.write_all(&b"spare\n".repeat(n)).await.is_ok()
+                && stdin.flush().await.is_ok()
+            {
+                return Ok(());
+            }
+            if let Some((mut child, _)) = guard.take() {
+                let _ = child.start_kill();
+            }
+        }
+        Err(JobError::Spawn("the job zygote keeps failing".into()))
+    }
+
+    fn spawn_zygote(
+        &self,
+    ) -> Result<(tokio::process::Child, tokio::process::ChildStdin), JobError> {
         let mut child = tokio::process::Command::new(&self.exe)
             .arg("__zygote")
+            .arg(&self.socket)
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
@@ -245,69 +278,42 @@ impl Zygote {
             .stdin
             .take()
             .ok_or_else(|| JobError::Spawn("zygote has no stdin".into()))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| JobError::Spawn("zygote has no stdout".into()))?;
-        Ok(Running {
-            child,
-            stdin,
-            stdout: tokio::io::BufReader::new(stdout),
-        })
+        Ok((child, stdin))
     }
 
-    /// Start the zygote now so the first job does not pay for it.
-    pub async fn warm(&self) -> Result<(), JobError> {
-        let mut guard = self.proc.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.start()?);
-        }
-        Ok(())
-    }
-
-    /// Fork a supervisor for `spec`; returns its pid.
-    pub async fn fork(&self, spec: &Spec) -> Result<i32, JobError> {
+    /// Hand `spec` to an idle spare (waiting for one if none is ready) and
+    /// order a replacement. Returns the supervisor's pid and the connection
+    /// that now carries the job's events.
+    pub async fn start_job(&self, spec: &Spec) -> Result<Spare, JobError> {
         let mut line = serde_json::to_vec(spec).map_err(|e| JobError::Spawn(e.to_string()))?;
         line.push(b'\n');
-        let mut guard = self.proc.lock().await;
-        for attempt in 0..2 {
-            if guard.is_none() {
-                *guard = Some(self.start()?);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut asked = false;
+        loop {
+            let arrived = self.arrived.notified();
+            let spare = lock(&self.idle).pop();
+            match spare {
+                Some(mut spare) => {
+                    if spare.stream.write_all(&line).await.is_ok() {
+                        return Ok(spare);
+                    }
+                    // That spare died while idle; take the next one.
+                    continue;
+                }
+                // A burst emptied the pool: fork now rather than wait for a job to end.
+                None if !asked => {
+                    if self.pending.load(SeqCst) == 0 {
+                        self.request(1).await?;
+                    }
+                    asked = true;
+                }
+                None => {}
             }
-            let Some(z) = guard.as_mut() else { continue };
-            match Self::ask(z, &line).await {
-                Ok(f) => {
-                    return match (f.pid, f.error) {
-                        (Some(pid), _) => Ok(pid),
-                        (None, e) => Err(JobError::Spawn(
-                            e.unwrap_or_else(|| "zygote refused".into()),
-                        )),
-                    };
-                }
-                Err(e) => {
-                    // The zygote died; restart it once.
-                    if let Some(mut z) = guard.take() {
-                        let _ = z.child.start_kill();
-                    }
-                    if attempt == 1 {
-                        return Err(JobError::Spawn(format!("job zygote failed: {e}")));
-                    }
-                }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(JobError::Spawn(
+                    "no supervisor became ready within 10 s (is the machine out of processes or memory?)".into(),
+                ));
             }
         }
-        Err(JobError::Spawn("job zygote unavailable".into()))
-    }
-
-    async fn ask(z: &mut Running, line: &[u8]) -> std::io::Result<Forked> {
-        z.stdin.write_all(line).await?;
-        z.stdin.flush().await?;
-        let mut reply = String::new();
-        if z.stdout.read_line(&mut reply).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "zygote exited",
-            ));
-        }
-        serde_json::from_str(&reply).map_err(std::io::Error::other)
     }
 }
