@@ -190,3 +190,57 @@ async fn plain_commands_run_without_a_shell_but_see_the_same_world() {
     }
     app.shutdown().await;
 }
+
+/// Pids whose command line contains `needle`.
+fn pids_running(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_job_never_touches_what_an_earlier_job_left_running() {
+    let state = State::new();
+    let app = state.app().await;
+    let marker = format!("300.{}", std::process::id());
+    let first = app
+        .jobs
+        .start(cmd(&format!("(sleep {marker} &); echo left")))
+        .await
+        .unwrap();
+    finished(&app, &first, 10).await;
+    assert_eq!(pids_running(&format!("sleep {marker}")).len(), 1);
+    // Several later jobs, one killed: supervisors are reused only when their
+    // job left nothing behind, so the earlier leftover is in no later tree.
+    for _ in 0..3 {
+        let id = app.jobs.start(cmd("true")).await.unwrap();
+        finished(&app, &id, 10).await;
+    }
+    let victim = app.jobs.start(cmd("sleep 30")).await.unwrap();
+    let (report, row) = app.jobs.kill(&victim).await.unwrap();
+    assert_eq!(row.status, JobStatus::Killed);
+    assert_eq!(report.map(|r| r.remaining), Some(0));
+    let survivors = pids_running(&format!("sleep {marker}"));
+    assert_eq!(
+        survivors.len(),
+        1,
+        "the first job's background process survives"
+    );
+    for pid in survivors {
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
+    app.shutdown().await;
+}

@@ -373,9 +373,12 @@ impl Jobs {
     }
 
     async fn finalize(&self, id: &str, status: ExitStatus) -> JobStatus {
-        // A job ended: a good moment to fork the next spare supervisors.
+        // A job ended. Its supervisor normally comes back as a spare; if it
+        // does not (its job left processes behind), fork a replacement, after
+        // a moment so as not to compete with the next start.
         let zygote = self.inner.zygote.clone();
         self.inner.tracker.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
             if let Err(e) = zygote.replenish().await {
                 tracing::warn!("cannot prepare spare supervisors: {e}");
             }

@@ -54,9 +54,21 @@ impl Ready {
 
     /// Run the job; `server` is the connection the job was handed over on,
     /// which receives its events like any watcher. Returns the exit code.
-    pub fn run(self, spec: Spec, listener: StdListener, server: StdStream) -> i32 {
+    pub fn run(&mut self, spec: Spec, listener: StdListener, server: StdStream) -> i32 {
         let Ready { rt, sigchld } = self;
         rt.block_on(supervise(spec, listener, sigchld, server))
+    }
+
+    /// True when this process has no children left — as a subreaper, then it
+    /// has no descendants at all and may take another job.
+    pub fn childless(&self) -> bool {
+        loop {
+            match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some(_)) => continue, // reaped a straggler; look again
+                Ok(None) => return false,
+                Err(e) => return e == rustix::io::Errno::CHILD,
+            }
+        }
     }
 }
 
@@ -92,7 +104,7 @@ enum StdinMsg {
 async fn supervise(
     spec: Spec,
     listener: StdListener,
-    mut sigchld: tokio::signal::unix::Signal,
+    sigchld: &mut tokio::signal::unix::Signal,
     server: StdStream,
 ) -> i32 {
     let mut spool = match SpoolWriter::create(&spec.dir, spec.segment_size, spec.output_cap) {

@@ -68,31 +68,42 @@ fn spare_main(spare_socket: &Path) -> i32 {
         let _ = rustix::stdio::dup2_stdout(&null);
         let _ = rustix::stdio::dup2_stderr(&null);
     }
-    let Ok(ready) = supervisor::Ready::new() else {
+    let Ok(mut ready) = supervisor::Ready::new() else {
         return 1;
     };
-    let Ok(mut server) = UnixStream::connect(spare_socket) else {
-        return 1;
-    };
+    // Serve jobs one after another: a supervisor whose job left no process
+    // behind becomes a spare again, so steady work needs no fork per job.
+    loop {
+        match take_job(spare_socket) {
+            None => return 0,
+            Some((spec, listener, server)) => {
+                let code = ready.run(spec, listener, server);
+                if !ready.childless() {
+                    // Leftovers of the job are ours (subreaper); never mix
+                    // them with another job's tree.
+                    return code;
+                }
+            }
+        }
+    }
+}
+
+/// Greet the server as an idle spare and wait for a job: its spec, its bound
+/// control socket and the connection that will carry its events.
+fn take_job(spare_socket: &Path) -> Option<(Spec, UnixListener, UnixStream)> {
+    let mut server = UnixStream::connect(spare_socket).ok()?;
     let hello = Hello {
         pid: rustix::process::getpid().as_raw_nonzero().get(),
     };
-    let Ok(mut hello) = serde_json::to_vec(&hello) else {
-        return 1;
-    };
+    let mut hello = serde_json::to_vec(&hello).ok()?;
     hello.push(b'\n');
-    if server.write_all(&hello).is_err() {
-        return 1;
-    }
+    server.write_all(&hello).ok()?;
     let mut line = String::new();
-    let mut reader = BufReader::new(&server);
-    match reader.read_line(&mut line) {
+    match BufReader::new(&server).read_line(&mut line) {
         Ok(n) if n > 0 => {}
-        _ => return 0, // the server went away without a job for us
+        _ => return None, // the server went away without a job for us
     }
-    let Ok(spec) = serde_json::from_str::<Spec>(&line) else {
-        return 1;
-    };
+    let spec = serde_json::from_str::<Spec>(&line).ok()?;
     let sock = spec.dir.join(CONTROL_SOCKET);
     let _ = std::fs::remove_file(&sock);
     let listener = match UnixListener::bind(&sock) {
@@ -100,11 +111,11 @@ fn spare_main(spare_socket: &Path) -> i32 {
         Err(e) => {
             let why = format!("cannot bind control socket {}: {e}", sock.display());
             supervisor::write_status(&spec, &supervisor::failed(why, 0));
-            return 1;
+            return None;
         }
     };
     let _ = server.set_write_timeout(Some(Duration::from_millis(200)));
-    ready.run(spec, listener, server)
+    Some((spec, listener, server))
 }
 
 /// fork(2). Only sound because the zygote is single-threaded: `main` enters
