@@ -695,27 +695,17 @@ impl Report {
     }
 
     fn print(&self) {
-        let w0 = self
-            .rows
-            .iter()
-            .map(|r| r.metric.len())
-            .max()
-            .unwrap_or(6)
-            .max(6);
-        let w1 = self
-            .rows
-            .iter()
-            .map(|r| r.value.len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
-        let w2 = self
-            .rows
-            .iter()
-            .map(|r| r.target.len())
-            .max()
-            .unwrap_or(6)
-            .max(6);
+        let width = |cell: fn(&Row) -> &str, min: usize| {
+            self.rows
+                .iter()
+                .map(|r| cell(r).len())
+                .max()
+                .unwrap_or(min)
+                .max(min)
+        };
+        let w0 = width(|r| &r.metric, 6);
+        let w1 = width(|r| &r.value, 5);
+        let w2 = width(|r| &r.target, 6);
         let mut out = String::new();
         let _ = writeln!(
             out,

@@ -116,10 +116,6 @@ impl Jobs {
         &self.inner.cfg
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
     /// Start the zygote, re-adopt jobs left running by an earlier server, and
     /// start the quota cleaner.
     pub async fn start_background(&self) -> Result<(), JobError> {

@@ -184,10 +184,6 @@ impl Store {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         // A poisoned lock only means another thread panicked mid-call; SQLite's
         // own transactions keep the data consistent, so keep going.
