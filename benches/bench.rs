@@ -1003,7 +1003,7 @@ fn bench_spool(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
     let size = format!("{:.0} MiB", mib(total));
 
     let t = Instant::now();
-    let mut w = SpoolWriter::create(&dir, SEGMENT, 2 * total)?;
+    let mut w = SpoolWriter::new(&dir, SEGMENT, 2 * total);
     let mut written = 0;
     while written < total {
         let n = (total - written).min(chunk_len) as usize;

@@ -1,9 +1,8 @@
 //! The composition root: opens state, builds the job engine, and starts the
-//! transports. The CLI calls into here; nothing below depends on it except
-//! for [`create_private_dir`].
+//! transports. The CLI calls into here; nothing below depends on it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,19 +40,9 @@ pub struct App {
     pub cancel: CancellationToken,
 }
 
-/// Create `path` (and parents) and make it 0700.
-pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-}
-
 /// Open the state database under the configured state directory.
 pub fn open_store(config: &Config) -> Result<Store, AppError> {
-    create_private_dir(&config.state_dir).map_err(|source| AppError::StateDir {
+    crate::fsutil::create_private_dir(&config.state_dir).map_err(|source| AppError::StateDir {
         path: config.state_dir.clone(),
         source,
     })?;

@@ -2,13 +2,14 @@
 //!
 //! Layout (see ARCHITECTURE.md): `cli` parses commands and calls `app`, the
 //! composition root, which wires `mcp` (tools, rmcp) and `http` (axum) to the
-//! `jobs` engine over `host` and `store`. `config` and `telemetry` are leaves.
+//! `jobs` engine over `host` and `store`. `config`, `telemetry` and `fsutil` are leaves.
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod fsutil;
 pub mod host;
 pub mod http;
 pub mod jobs;

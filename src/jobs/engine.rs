@@ -64,6 +64,15 @@ struct Inner {
     cleanup: Notify,
 }
 
+fn request_line(req: &Request) -> Vec<u8> {
+    let mut line = serde_json::to_vec(req).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// `sun_path` is 108 bytes on Linux, including the terminating NUL.
+const SOCKET_PATH_MAX: usize = 108;
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => v,
@@ -82,7 +91,18 @@ impl Jobs {
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Jobs, JobError> {
-        crate::app::create_private_dir(&jobs_dir)?;
+        crate::fsutil::create_private_dir(&jobs_dir)?;
+        // A job's control socket is bound well after the job started, so a
+        // path too long for a socket address must be refused here, up front.
+        let longest = jobs_dir.join("x".repeat(id::MAX_LEN)).join(CONTROL_SOCKET);
+        if longest.as_os_str().len() >= SOCKET_PATH_MAX {
+            return Err(JobError::Invalid(format!(
+                "the jobs directory {} is too long a path for control sockets \
+                 (at most {} bytes); set MCPSH_STATE_DIR to a shorter path",
+                jobs_dir.display(),
+                SOCKET_PATH_MAX - 1 - (longest.as_os_str().len() - jobs_dir.as_os_str().len()),
+            )));
+        }
         // Spares of this server connect here (one socket per server process);
         // sockets left by servers that were killed are removed.
         remove_stale_spare_sockets(&jobs_dir);
@@ -172,7 +192,6 @@ impl Jobs {
         let cwd_s = cwd.to_string_lossy().into_owned();
         let tty = req.tty.is_some();
         let interactive = req.stdin == StdinMode::Interactive;
-        let dir_root = inner.dir.clone();
         let id = blocking(move || -> Result<String, JobError> {
             let running = store.count_running()?;
             if running >= max {
@@ -187,8 +206,9 @@ impl Jobs {
                     interactive,
                     ..JobRow::running(id.clone(), "local".into(), cmd.clone(), now_ms())
                 };
+                // The supervisor creates the job's directory when it first
+                // needs it: most short jobs leave no file at all.
                 if store.insert_job(&row)? {
-                    crate::app::create_private_dir(&dir_root.join(&id))?;
                     return Ok(id);
                 }
             }
@@ -301,21 +321,21 @@ impl Jobs {
     ) {
         let dir = self.job_dir(&id);
         let sock = dir.join(CONTROL_SOCKET);
-        let mut next_stream = handed;
+        let mut next_stream = handed.map(|s| (s, true));
         loop {
             let stream = match next_stream.take() {
                 Some(s) => Some(s),
                 None => match UnixStream::connect(&sock).await {
                     Ok(mut s) => {
-                        let mut line = serde_json::to_vec(&Request::Watch).unwrap_or_default();
-                        line.push(b'\n');
-                        s.write_all(&line).await.ok().map(|()| s)
+                        let line = request_line(&Request::Watch);
+                        s.write_all(&line).await.ok().map(|()| (s, false))
                     }
                     Err(_) => None,
                 },
             };
-            if let Some(stream) = stream {
-                let mut lines = BufReader::new(stream).lines();
+            if let Some((stream, handed)) = stream {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
                 loop {
                     let next = tokio::select! {
                         l = lines.next_line() => l,
@@ -327,7 +347,13 @@ impl Jobs {
                                 tx.send_modify(|p| p.bytes = bytes);
                             }
                             Ok(Event::Exit(status)) => {
-                                let end = self.finalize(&id, status).await;
+                                let (end, recorded) = self.finalize(&id, status).await;
+                                if handed && recorded {
+                                    // The supervisor need not write status.json.
+                                    let _ = write
+                                        .write_all(&request_line(&Request::ExitRecorded))
+                                        .await;
+                                }
                                 tx.send_modify(|p| p.end = Some(end));
                                 lock(&self.inner.live).remove(&id);
                                 return;
@@ -339,7 +365,7 @@ impl Jobs {
                 }
             }
             if let Some(status) = read_status(&dir) {
-                let end = self.finalize(&id, status).await;
+                let (end, _) = self.finalize(&id, status).await;
                 tx.send_modify(|p| p.end = Some(end));
                 lock(&self.inner.live).remove(&id);
                 return;
@@ -347,7 +373,7 @@ impl Jobs {
             if !procs::same_process_alive(pid, start) {
                 // It may have written its status just before exiting.
                 let end = match read_status(&dir) {
-                    Some(status) => self.finalize(&id, status).await,
+                    Some(status) => self.finalize(&id, status).await.0,
                     None => {
                         self.mark_lost(
                             &id,
@@ -368,7 +394,8 @@ impl Jobs {
         }
     }
 
-    async fn finalize(&self, id: &str, status: ExitStatus) -> JobStatus {
+    /// Record a job's end; returns its status and whether the row was written.
+    async fn finalize(&self, id: &str, status: ExitStatus) -> (JobStatus, bool) {
         // A job ended. Its supervisor normally comes back as a spare; if it
         // does not (its job left processes behind), fork a replacement, after
         // a moment so as not to compete with the next start.
@@ -382,14 +409,19 @@ impl Jobs {
         let dir = self.job_dir(id);
         let store = self.inner.store.clone();
         let id = id.to_owned();
-        let end = blocking(move || {
+        let recorded = blocking(move || {
             let end = end_from_status(&dir, &status);
-            let _ = store.finish_job(&id, &end);
-            end.status
+            match store.finish_job(&id, &end) {
+                Ok(_) => (end.status, true),
+                Err(e) => {
+                    tracing::error!(job = %id, "cannot record the job's end: {e}");
+                    (end.status, false)
+                }
+            }
         })
         .await;
         self.inner.cleanup.notify_one();
-        end
+        recorded
     }
 
     async fn mark_lost(&self, id: &str, reason: &str) {
@@ -486,9 +518,9 @@ impl Jobs {
 
     /// Open the spool of `id` (a snapshot of its current length).
     pub async fn spool(&self, id: &str) -> Result<SpoolReader, JobError> {
+        let row = self.row(id).await?;
         let dir = self.job_dir(id);
-        let id = id.to_owned();
-        blocking(move || open_spool(&dir, &id)).await
+        blocking(move || open_spool(&dir, &row)).await
     }
 
     /// Build a view of a job from its row and its output, in one trip to a
@@ -506,7 +538,7 @@ impl Jobs {
             let row = store
                 .get_job(&id)?
                 .ok_or_else(|| JobError::NotFound(id.clone()))?;
-            let reader = open_spool(&dir, &id)?;
+            let reader = open_spool(&dir, &row)?;
             let (view, cursor) = f(&row, &reader)?;
             if cursor != row.poll_cursor {
                 store.set_poll_cursor(&id, cursor)?;

@@ -1,6 +1,10 @@
 //! Short readable job ids: `<title or command word>-<4 random chars>`, e.g. `build-7kq2`.
 
 const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+/// The longest slug a word makes.
+const WORD_MAX: usize = 16;
+/// The longest id: a slug, a dash and four random characters.
+pub const MAX_LEN: usize = WORD_MAX + 5;
 
 /// Build an id from a title or, failing that, the command's first word.
 pub fn new_id(title: Option<&str>, cmd: &str) -> String {
@@ -42,7 +46,7 @@ fn first_word(cmd: &str) -> Option<String> {
 fn slug(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
-        if out.len() >= 16 {
+        if out.len() >= WORD_MAX {
             break;
         }
         if c.is_ascii_alphanumeric() {

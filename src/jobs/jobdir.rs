@@ -19,16 +19,15 @@ pub fn read_status(dir: &Path) -> Option<ExitStatus> {
     serde_json::from_slice(&text).ok()
 }
 
-pub(super) fn open_spool(dir: &Path, id: &str) -> Result<SpoolReader, JobError> {
-    SpoolReader::open(dir).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            JobError::Invalid(format!(
-                "the output of job {id} is no longer stored (removed by the spool quota)"
-            ))
-        } else {
-            JobError::Io(e)
-        }
-    })
+/// Open a job's spool; an error if the quota removed it.
+pub(super) fn open_spool(dir: &Path, row: &JobRow) -> Result<SpoolReader, JobError> {
+    if row.spool_deleted {
+        return Err(JobError::Invalid(format!(
+            "the output of job {} is no longer stored (removed by the spool quota)",
+            row.id
+        )));
+    }
+    Ok(SpoolReader::open(dir)?)
 }
 
 pub(super) fn spool_totals(dir: &Path) -> (u64, u64) {

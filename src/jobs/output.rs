@@ -293,7 +293,7 @@ mod tests {
 
     fn spool(data: &[u8], cap: u64) -> (tempfile::TempDir, SpoolReader) {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SpoolWriter::create(dir.path(), INDEX_STEP, cap).unwrap();
+        let mut w = SpoolWriter::new(dir.path(), INDEX_STEP, cap);
         w.write(data).unwrap();
         let r = SpoolReader::open(dir.path()).unwrap();
         (dir, r)

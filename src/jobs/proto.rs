@@ -50,6 +50,10 @@ pub enum Request {
     Kill { grace_ms: u64 },
     /// Resize the pseudo-terminal.
     Resize { cols: u16, rows: u16 },
+    /// Sent by the server on the connection a job was handed over on, after
+    /// it recorded the job's `Exit` in its database: `status.json` is then
+    /// not needed. Without it the supervisor writes `status.json`.
+    ExitRecorded,
 }
 
 /// A line the supervisor sends back.
@@ -60,7 +64,8 @@ pub enum Event {
     Out {
         bytes: u64,
     },
-    /// The job ended; the same facts are in `status.json`.
+    /// The job ended. The same facts go to `status.json` unless the server
+    /// that started the job confirms it recorded them (`ExitRecorded`).
     Exit(ExitStatus),
     /// Answer to a non-watch request.
     Ok {
@@ -82,7 +87,8 @@ pub struct KillReport {
     pub remaining: usize,
 }
 
-/// Final state of a job, written atomically to `status.json`.
+/// Final state of a job: sent as `Event::Exit`, and written atomically to
+/// `status.json` when the starting server did not confirm it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExitStatus {
     /// `exited`, `killed`, `timed_out` or `failed`.

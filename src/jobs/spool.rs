@@ -3,9 +3,14 @@
 //!
 //! Layout in the job directory:
 //! - `out.NNNNNN`: segment N holds bytes `[N*S, (N+1)*S)` of the output.
-//! - `spool.meta`: the segment size `S`.
+//! - `spool.meta`: the segment size `S`, written before segment 1 exists
+//!   (while there is only segment 0, `S` does not matter).
 //! - `lines.idx`: little-endian `u64` newline counts before each multiple of
-//!   [`INDEX_STEP`] (entry k is for offset `(k+1) * INDEX_STEP`).
+//!   [`INDEX_STEP`] (entry k is for offset `(k+1) * INDEX_STEP`), created with
+//!   its first entry.
+//!
+//! Everything, the directory included, is created lazily: a job that prints
+//! nothing has no files, and one that prints a little has one.
 //!
 //! The per-job cap keeps the first segments (head) and the most recent ones
 //! (tail) and deletes whole segments in between, so the dropped range is exact
@@ -19,6 +24,11 @@ use std::path::{Path, PathBuf};
 
 /// Distance between line-index entries. Segment sizes are multiples of it.
 pub const INDEX_STEP: u64 = 64 * 1024;
+
+const META: &str = "spool.meta";
+const INDEX: &str = "lines.idx";
+/// The segment size of a spool without `spool.meta`: it has only segment 0.
+const ONE_SEGMENT: u64 = u64::MAX;
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("out.{n:06}"))
@@ -55,11 +65,11 @@ pub struct SpoolWriter {
 }
 
 impl SpoolWriter {
-    /// A writer for `dir`. Files are created with the first output, so a job
-    /// that prints nothing costs no file operations.
-    pub fn create(dir: &Path, segment_size: u64, cap: u64) -> io::Result<SpoolWriter> {
+    /// A writer for `dir`. The directory and files are created with the first
+    /// output, so a job that prints nothing costs no file operations.
+    pub fn new(dir: &Path, segment_size: u64, cap: u64) -> SpoolWriter {
         let (seg, head, tail) = layout(segment_size, cap);
-        Ok(SpoolWriter {
+        SpoolWriter {
             dir: dir.to_owned(),
             seg,
             head,
@@ -68,17 +78,14 @@ impl SpoolWriter {
             index: None,
             total: 0,
             lines: 0,
-        })
+        }
     }
 
-    /// Write `spool.meta` (atomically, so a reader never sees a half-written
-    /// size) and the line index, before the first segment exists.
-    fn start(&mut self) -> io::Result<()> {
+    /// Write `spool.meta` atomically, so a reader never sees a half-written size.
+    fn write_meta(&self) -> io::Result<()> {
         let tmp = self.dir.join(".spool.meta.tmp");
         create_private(&tmp)?.write_all(self.seg.to_string().as_bytes())?;
-        std::fs::rename(&tmp, self.dir.join("spool.meta"))?;
-        self.index = Some(create_private(&self.dir.join("lines.idx"))?);
-        Ok(())
+        std::fs::rename(&tmp, self.dir.join(META))
     }
 
     pub fn total(&self) -> u64 {
@@ -118,9 +125,11 @@ impl SpoolWriter {
         while boundary <= end {
             let part = &chunk[(pos - start) as usize..(boundary - start) as usize];
             self.lines += memchr::memchr_iter(b'\n', part).count() as u64;
-            if let Some(index) = self.index.as_mut() {
-                index.write_all(&self.lines.to_le_bytes())?;
-            }
+            let index = match self.index.as_mut() {
+                Some(f) => f,
+                None => self.index.insert(create_private(&self.dir.join(INDEX))?),
+            };
+            index.write_all(&self.lines.to_le_bytes())?;
             pos = boundary;
             boundary += INDEX_STEP;
         }
@@ -129,8 +138,10 @@ impl SpoolWriter {
     }
 
     fn open_segment(&mut self, n: u64) -> io::Result<()> {
-        if self.index.is_none() {
-            self.start()?;
+        match n {
+            0 => crate::fsutil::create_private_dir(&self.dir)?,
+            1 => self.write_meta()?,
+            _ => {}
         }
         self.file = Some(create_private(&segment_path(&self.dir, n))?);
         // Past the cap: drop the oldest tail segment, keeping the head intact.
@@ -166,26 +177,24 @@ pub struct SpoolReader {
 
 impl SpoolReader {
     /// Open the spool in `dir`, taking a snapshot of its current length.
-    /// A job directory whose supervisor has not created the spool yet reads
-    /// as empty; a missing directory is `NotFound`.
+    /// A missing directory reads as empty: the supervisor creates it with the
+    /// first output (whether a spool was deleted is the job row's business).
     pub fn open(dir: &Path) -> io::Result<SpoolReader> {
-        let seg: u64 = match std::fs::read_to_string(dir.join("spool.meta")) {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "corrupt spool.meta"))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && dir.is_dir() => {
+        let mut seg = read_meta(dir)?;
+        let mut present = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(SpoolReader {
                     dir: dir.to_owned(),
-                    seg: INDEX_STEP,
+                    seg: ONE_SEGMENT,
                     len: 0,
                     dropped: None,
                 });
             }
             Err(e) => return Err(e),
         };
-        let mut present = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
+        for entry in entries {
             let name = entry?.file_name();
             if let Some(n) = name
                 .to_str()
@@ -196,6 +205,11 @@ impl SpoolReader {
             }
         }
         present.sort_unstable();
+        if seg.is_none() && present.last().is_some_and(|&n| n > 0) {
+            // Segment 1 appeared after we looked for the size it comes with.
+            seg = read_meta(dir)?;
+        }
+        let seg = seg.unwrap_or(ONE_SEGMENT);
         let len = match present.last() {
             Some(&last) => last * seg + std::fs::metadata(segment_path(dir, last))?.len(),
             None => 0,
@@ -264,13 +278,20 @@ impl SpoolReader {
         let k = offset / INDEX_STEP;
         let mut base = 0;
         if k > 0 {
-            let mut idx = File::open(self.dir.join("lines.idx"))?;
-            let mut b = [0u8; 8];
-            idx.seek(SeekFrom::Start((k - 1) * 8))?;
-            match idx.read_exact(&mut b) {
-                Ok(()) => base = u64::from_le_bytes(b),
-                // The writer has not flushed this entry yet; count from the start of the step.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            let entry = File::open(self.dir.join(INDEX)).and_then(|mut idx| {
+                let mut b = [0u8; 8];
+                idx.seek(SeekFrom::Start((k - 1) * 8))?;
+                idx.read_exact(&mut b).map(|()| u64::from_le_bytes(b))
+            });
+            match entry {
+                Ok(n) => base = n,
+                // The writer has not written this entry yet: count from the start.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound
+                    ) =>
+                {
                     return self.count_newlines(0, offset);
                 }
                 Err(e) => return Err(e),
@@ -301,6 +322,19 @@ impl SpoolReader {
         let nl = self.newlines_before(self.len)?;
         let last = self.read(self.len - 1, 1)?;
         Ok(nl + u64::from(last.first() != Some(&b'\n')))
+    }
+}
+
+/// The segment size from `spool.meta`, or `None` while there is none.
+fn read_meta(dir: &Path) -> io::Result<Option<u64>> {
+    match std::fs::read_to_string(dir.join(META)) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "corrupt spool.meta")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -342,7 +376,7 @@ mod tests {
     #[test]
     fn reads_back_exactly_with_line_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SpoolWriter::create(dir.path(), INDEX_STEP, 1 << 30).unwrap();
+        let mut w = SpoolWriter::new(dir.path(), INDEX_STEP, 1 << 30);
         let all = fill(&mut w, 1_000_003);
         let r = SpoolReader::open(dir.path()).unwrap();
         assert_eq!(r.len(), all.len() as u64);
@@ -358,19 +392,49 @@ mod tests {
     }
 
     #[test]
-    fn a_spool_not_created_yet_reads_empty_but_a_removed_one_is_not_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = SpoolReader::open(dir.path()).unwrap();
+    fn files_appear_only_when_output_needs_them() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("job");
+        let names = || -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        // Nothing written: no directory, and it reads as empty.
+        let mut w = SpoolWriter::new(&dir, INDEX_STEP, 1 << 30);
+        assert!(!dir.exists());
+        let r = SpoolReader::open(&dir).unwrap();
         assert_eq!((r.len(), r.total_lines().unwrap()), (0, 0));
-        let gone = SpoolReader::open(&dir.path().join("removed")).unwrap_err();
-        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        // A little output: one segment file and nothing else.
+        w.write(b"hi\nthere").unwrap();
+        assert_eq!(names(), ["out.000000"]);
+        let r = SpoolReader::open(&dir).unwrap();
+        assert_eq!(r.read(0, 100).unwrap(), b"hi\nthere");
+        assert_eq!(r.total_lines().unwrap(), 2);
+        // Past the first index step: the index; past the first segment: the size.
+        let big = vec![b'x'; INDEX_STEP as usize];
+        w.write(&big).unwrap();
+        assert_eq!(
+            names(),
+            ["lines.idx", "out.000000", "out.000001", "spool.meta"]
+        );
+        let r = SpoolReader::open(&dir).unwrap();
+        assert_eq!(r.len(), 8 + INDEX_STEP);
+        assert_eq!(r.read(INDEX_STEP - 1, 3).unwrap(), b"xxx");
+        assert_eq!(r.newlines_before(r.len()).unwrap(), 1);
     }
 
     #[test]
     fn cap_keeps_head_and_tail_and_reports_exact_gap() {
         let dir = tempfile::tempdir().unwrap();
         // 4 segments of 64 KiB: 2 head, 2 tail.
-        let mut w = SpoolWriter::create(dir.path(), INDEX_STEP, 4 * INDEX_STEP).unwrap();
+        let mut w = SpoolWriter::new(dir.path(), INDEX_STEP, 4 * INDEX_STEP);
         let all = fill(&mut w, 10 * INDEX_STEP as usize + 100);
         let r = SpoolReader::open(dir.path()).unwrap();
         assert_eq!(r.len(), all.len() as u64);

@@ -33,6 +33,13 @@ const LINGER: Duration = Duration::from_millis(100);
 const EVENT_EVERY: Duration = Duration::from_millis(20);
 /// A partial TTY line is published after this much quiet.
 const PARTIAL_AFTER: Duration = Duration::from_millis(100);
+/// The control socket is bound once the job has run this long: the server
+/// follows the job on the connection it handed it over on, so a short job
+/// never creates (or deletes) a socket. Clients of the socket retry for longer.
+const BIND_AFTER: Duration = Duration::from_millis(30);
+/// How long to wait for the server to confirm it recorded the exit before
+/// writing `status.json` for whoever comes later.
+const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// A supervisor made ready before it has a job: its runtime is built and
 /// child exits are already being watched, so none of that is on a job's
@@ -54,9 +61,9 @@ impl Ready {
 
     /// Run the job; `server` is the connection the job was handed over on,
     /// which receives its events like any watcher. Returns the exit code.
-    pub fn run(&mut self, spec: Spec, listener: StdListener, server: StdStream) -> i32 {
+    pub fn run(&mut self, spec: Spec, server: StdStream) -> i32 {
         let Ready { rt, sigchld } = self;
-        rt.block_on(supervise(spec, listener, sigchld, server))
+        rt.block_on(supervise(spec, sigchld, server))
     }
 
     /// True when this process has no children left — as a subreaper, then it
@@ -72,7 +79,7 @@ impl Ready {
     }
 }
 
-pub fn failed(reason: String, total_bytes: u64) -> ExitStatus {
+fn failed(reason: String, total_bytes: u64) -> ExitStatus {
     ExitStatus {
         status: "failed".into(),
         exit_code: None,
@@ -89,11 +96,19 @@ struct Ctx {
     child_pid: i32,
     stdin: Option<mpsc::Sender<StdinMsg>>,
     pty: Option<OwnedFd>,
-    watchers: Mutex<Vec<StdStream>>,
+    watchers: Mutex<Watchers>,
     total: Mutex<u64>,
     /// Set by a kill or timeout: the report and whether it was a timeout.
     ended_by: Mutex<Option<(bool, KillReport)>>,
     kill_started: Mutex<bool>,
+}
+
+/// Connections following the job, and its end once known: a watcher that
+/// registers after the end gets the `Exit` at once, never nothing.
+#[derive(Default)]
+struct Watchers {
+    streams: Vec<StdStream>,
+    ended: Option<ExitStatus>,
 }
 
 enum StdinMsg {
@@ -103,30 +118,13 @@ enum StdinMsg {
 
 async fn supervise(
     spec: Spec,
-    listener: StdListener,
     sigchld: &mut tokio::signal::unix::Signal,
     server: StdStream,
 ) -> i32 {
-    let mut spool = match SpoolWriter::create(&spec.dir, spec.segment_size, spec.output_cap) {
-        Ok(s) => s,
-        Err(e) => {
-            write_status(
-                &spec,
-                &failed(format!("cannot create the output spool: {e}"), 0),
-            );
-            return 1;
-        }
-    };
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| UnixListener::from_std(listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            write_status(&spec, &failed(format!("control socket unusable: {e}"), 0));
-            return 1;
-        }
-    };
+    // A second handle on the server connection, to read its confirmation
+    // that it recorded the exit.
+    let server_ack = server.try_clone().ok();
+    let mut spool = SpoolWriter::new(&spec.dir, spec.segment_size, spec.output_cap);
     let spawned = match spawn(&spec) {
         Ok(s) => s,
         Err(e) => {
@@ -136,8 +134,8 @@ async fn supervise(
                 spec.cwd.display()
             );
             let status = failed(why, 0);
-            write_status(&spec, &status);
-            finish_listener(listener, &spec, &status);
+            let _ = (&server).write_all(&event_line(&Event::Exit(status.clone())));
+            conclude(&spec, &status, server_ack).await;
             return 1;
         }
     };
@@ -160,7 +158,10 @@ async fn supervise(
         child_pid: spawned.pid,
         stdin: stdin_tx,
         pty: spawned.pty,
-        watchers: Mutex::new(vec![server]),
+        watchers: Mutex::new(Watchers {
+            streams: vec![server],
+            ended: None,
+        }),
         total: Mutex::new(0),
         ended_by: Mutex::new(None),
         kill_started: Mutex::new(false),
@@ -185,6 +186,9 @@ async fn supervise(
     let conns = tokio_util::task::TaskTracker::new();
     let mut rendered = Vec::with_capacity(64 * 1024);
     let mut write_error: Option<String> = None;
+    let bind_at = tokio::time::Instant::now() + BIND_AFTER;
+    let mut listener: Option<UnixListener> = None;
+    let mut bind_tried = false;
 
     loop {
         if !output_open && main_status.is_some() {
@@ -228,7 +232,16 @@ async fn supervise(
                     reap(spawned.pid);
                 }
             }
-            conn = listener.accept() => {
+            _ = tokio::time::sleep_until(bind_at), if !bind_tried => {
+                bind_tried = true;
+                match bind_control(&spec) {
+                    Ok(l) => listener = Some(l),
+                    Err(e) => {
+                        write_error.get_or_insert_with(|| format!("cannot bind the control socket ({e}); the job could not be controlled"));
+                    }
+                }
+            }
+            conn = accept(listener.as_ref()) => {
                 if let Ok((stream, _)) = conn {
                     conns.spawn(serve_conn(ctx.clone(), stream));
                 }
@@ -268,14 +281,70 @@ async fn supervise(
     }
     let ended_by = lock(&ctx.ended_by).clone();
     let status = exit_status(main_status, ended_by, spool.total(), write_error);
-    write_status(&spec, &status);
     broadcast(&ctx, &Event::Exit(status.clone()));
     drop(ctx);
+    conclude(&spec, &status, server_ack).await;
     // Let in-flight requests (a kill waiting for its report) answer before exiting.
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
-    finish_listener(listener, &spec, &status);
+    if let Some(listener) = listener {
+        finish_listener(listener, &spec, &status);
+    }
     0
+}
+
+/// After the `Exit` went out: unless the server confirms it recorded it,
+/// write `status.json` so a restarted server or the CLI can settle the job.
+async fn conclude(spec: &Spec, status: &ExitStatus, server: Option<StdStream>) {
+    if !exit_recorded(server).await {
+        write_status(spec, status);
+    }
+}
+
+/// Wait (briefly) for `ExitRecorded` on the server connection. Nothing else
+/// is written to that connection after the `Exit`, so it may turn non-blocking.
+async fn exit_recorded(server: Option<StdStream>) -> bool {
+    let Some(server) = server else { return false };
+    let Ok(stream) = server
+        .set_nonblocking(true)
+        .and_then(|()| UnixStream::from_std(server))
+    else {
+        return false;
+    };
+    let mut lines = BufReader::new(stream).lines();
+    match tokio::time::timeout(ACK_WAIT, lines.next_line()).await {
+        Ok(Ok(Some(line))) => matches!(
+            serde_json::from_str::<Request>(&line),
+            Ok(Request::ExitRecorded)
+        ),
+        _ => false,
+    }
+}
+
+/// Bind the job's control socket, creating the job directory if no output
+/// has yet.
+fn bind_control(spec: &Spec) -> io::Result<UnixListener> {
+    crate::fsutil::create_private_dir(&spec.dir)?;
+    let sock = spec.dir.join(CONTROL_SOCKET);
+    let _ = std::fs::remove_file(&sock);
+    let listener = StdListener::bind(&sock)?;
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
+}
+
+async fn accept(
+    listener: Option<&UnixListener>,
+) -> io::Result<(UnixStream, tokio::net::unix::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn event_line(ev: &Event) -> Vec<u8> {
+    let mut line = serde_json::to_vec(ev).unwrap_or_default();
+    line.push(b'\n');
+    line
 }
 
 fn exit_status(
@@ -335,11 +404,12 @@ fn start_kill(ctx: &Arc<Ctx>, timeout: bool, grace: Duration) {
 }
 
 fn broadcast(ctx: &Ctx, ev: &Event) {
-    let Ok(mut line) = serde_json::to_vec(ev) else {
-        return;
-    };
-    line.push(b'\n');
-    lock(&ctx.watchers).retain_mut(|w| w.write_all(&line).is_ok());
+    let line = event_line(ev);
+    let mut w = lock(&ctx.watchers);
+    if let Event::Exit(status) = ev {
+        w.ended = Some(status.clone());
+    }
+    w.streams.retain_mut(|s| s.write_all(&line).is_ok());
 }
 
 async fn serve_conn(ctx: Arc<Ctx>, stream: UnixStream) {
@@ -359,10 +429,15 @@ async fn serve_conn(ctx: Arc<Ctx>, stream: UnixStream) {
             let _ = std.set_write_timeout(Some(Duration::from_millis(200)));
             let bytes = *lock(&ctx.total);
             let mut std = std;
-            if let Ok(mut l) = serde_json::to_vec(&Event::Out { bytes }) {
-                l.push(b'\n');
-                if std.write_all(&l).is_ok() {
-                    lock(&ctx.watchers).push(std);
+            let mut w = lock(&ctx.watchers);
+            match &w.ended {
+                Some(status) => {
+                    let _ = std.write_all(&event_line(&Event::Exit(status.clone())));
+                }
+                None => {
+                    if std.write_all(&event_line(&Event::Out { bytes })).is_ok() {
+                        w.streams.push(std);
+                    }
                 }
             }
             return;
@@ -406,6 +481,9 @@ async fn serve_conn(ctx: Arc<Ctx>, stream: UnixStream) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        Ok(Request::ExitRecorded) => Event::Error {
+            message: "exit_recorded is only meaningful on the connection a job was handed over on".into(),
+        },
         Ok(Request::Resize { cols, rows }) => match &ctx.pty {
             None => Event::Error { message: "this job has no terminal; start it with tty=true".into() },
             Some(m) => {
@@ -457,11 +535,13 @@ fn output_pump(fd: OwnedFd, tx: mpsc::Sender<Vec<u8>>) {
     }
 }
 
-/// Write `status.json` atomically (temp file + rename), mode 0600.
-pub fn write_status(spec: &Spec, status: &ExitStatus) {
+/// Write `status.json` atomically (temp file + rename), mode 0600, creating
+/// the job directory if the job left nothing else.
+fn write_status(spec: &Spec, status: &ExitStatus) {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = spec.dir.join(".status.json.tmp");
     let result = (|| -> io::Result<()> {
+        crate::fsutil::create_private_dir(&spec.dir)?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -484,12 +564,10 @@ fn finish_listener(listener: UnixListener, spec: &Spec, status: &ExitStatus) {
         return;
     };
     let _ = listener.set_nonblocking(true);
-    if let Ok(mut line) = serde_json::to_vec(&Event::Exit(status.clone())) {
-        line.push(b'\n');
-        while let Ok((mut s, _)) = listener.accept() {
-            let _ = s.set_nonblocking(false);
-            let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = s.write_all(&line);
-        }
+    let line = event_line(&Event::Exit(status.clone()));
+    while let Ok((mut s, _)) = listener.accept() {
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+        let _ = s.write_all(&line);
     }
 }

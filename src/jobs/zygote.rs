@@ -8,12 +8,12 @@
 //! Starting a job is then one write to an idle spare: no exec, no fork, no
 //! zygote round trip on the latency path of a `bash` call. The same
 //! connection carries the job's events back, so the server needs no connect
-//! either; the spare also binds the job's control socket for later clients
-//! (the CLI, a restarted server). On EOF the zygote exits, and so does an idle
+//! either; a job that runs for more than a moment also gets a control socket
+//! for later clients (the CLI, a restarted server). On EOF the zygote exits, and so does an idle
 //! spare; supervisors that took a job live on in their own sessions.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::SeqCst;
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use super::proto::{CONTROL_SOCKET, Spec};
+use super::proto::Spec;
 use super::{JobError, lock, supervisor};
 
 /// A spare's greeting on the server's spare socket.
@@ -76,8 +76,8 @@ fn spare_main(spare_socket: &Path) -> i32 {
     loop {
         match take_job(spare_socket) {
             None => return 0,
-            Some((spec, listener, server)) => {
-                let code = ready.run(spec, listener, server);
+            Some((spec, server)) => {
+                let code = ready.run(spec, server);
                 if !ready.childless() {
                     // Leftovers of the job are ours (subreaper); never mix
                     // them with another job's tree.
@@ -88,9 +88,9 @@ fn spare_main(spare_socket: &Path) -> i32 {
     }
 }
 
-/// Greet the server as an idle spare and wait for a job: its spec, its bound
-/// control socket and the connection that will carry its events.
-fn take_job(spare_socket: &Path) -> Option<(Spec, UnixListener, UnixStream)> {
+/// Greet the server as an idle spare and wait for a job: its spec and the
+/// connection that will carry its events.
+fn take_job(spare_socket: &Path) -> Option<(Spec, UnixStream)> {
     let mut server = UnixStream::connect(spare_socket).ok()?;
     let hello = Hello {
         pid: rustix::process::getpid().as_raw_nonzero().get(),
@@ -104,18 +104,8 @@ fn take_job(spare_socket: &Path) -> Option<(Spec, UnixListener, UnixStream)> {
         _ => return None, // the server went away without a job for us
     }
     let spec = serde_json::from_str::<Spec>(&line).ok()?;
-    let sock = spec.dir.join(CONTROL_SOCKET);
-    let _ = std::fs::remove_file(&sock);
-    let listener = match UnixListener::bind(&sock) {
-        Ok(l) => l,
-        Err(e) => {
-            let why = format!("cannot bind control socket {}: {e}", sock.display());
-            supervisor::write_status(&spec, &supervisor::failed(why, 0));
-            return None;
-        }
-    };
     let _ = server.set_write_timeout(Some(Duration::from_millis(200)));
-    Some((spec, listener, server))
+    Some((spec, server))
 }
 
 /// fork(2). Only sound because the zygote is single-threaded: `main` enters
