@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use rustix::process::{Pid, Signal, WaitOptions};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -140,10 +141,25 @@ async fn supervise(
         }
     };
 
-    let stdin_tx = spawned.input.map(|fd| {
+    let output = match nonblocking(spawned.output) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = rustix::process::kill_process_group(
+                Pid::from_raw(spawned.pid).unwrap_or(Pid::INIT),
+                Signal::KILL,
+            );
+            let status = failed(format!("cannot read the job's output: {e}"), 0);
+            let _ = (&server).write_all(&event_line(&Event::Exit(status.clone())));
+            conclude(&spec, &status, server_ack).await;
+            return 1;
+        }
+    };
+    let mut stdin_task = None;
+    let stdin_tx = spawned.input.and_then(|fd| {
+        let fd = nonblocking(fd).ok()?;
         let (tx, rx) = mpsc::channel(64);
-        std::thread::spawn(move || stdin_pump(fd, rx));
-        tx
+        stdin_task = Some(tokio::spawn(stdin_pump(fd, rx)));
+        Some(tx)
     });
     if let (Some(tx), StdinMode::Text(text)) = (&stdin_tx, &spec.stdin) {
         let _ = tx.send(StdinMsg::Data(text.clone().into_bytes())).await;
@@ -167,11 +183,9 @@ async fn supervise(
         kill_started: Mutex::new(false),
     });
 
-    // Output is read by a plain thread (blocking reads work the same on a pipe
-    // and a pty master); a bounded channel caps what is in flight.
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(16);
-    let output = spawned.output;
-    std::thread::spawn(move || output_pump(output, out_tx));
+    // Output is read in this task, one buffer at a time: the pipe (or
+    // terminal) fills up and holds the job back while the spool is slow.
+    let mut chunk = vec![0u8; 64 * 1024];
     let mut render = spec.tty.map(|_| TtyRender::default());
     let timeout_at = spec
         .timeout_ms
@@ -196,19 +210,24 @@ async fn supervise(
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
         tokio::select! {
-            chunk = out_rx.recv(), if output_open => {
-                let Some(chunk) = chunk else {
-                    output_open = false;
-                    continue;
+            n = read_output(&output, &mut chunk), if output_open => {
+                let n = match n {
+                    Ok(n) if n > 0 => n,
+                    // EOF, or EIO from a terminal whose last user closed it.
+                    _ => {
+                        output_open = false;
+                        continue;
+                    }
                 };
+                let chunk = &chunk[..n];
                 let bytes: &[u8] = match render.as_mut() {
                     Some(r) => {
                         rendered.clear();
-                        r.feed(&chunk, &mut rendered);
+                        r.feed(chunk, &mut rendered);
                         partial_due = r.has_partial().then(|| tokio::time::Instant::now() + PARTIAL_AFTER);
                         &rendered
                     }
-                    None => &chunk,
+                    None => chunk,
                 };
                 if let Err(e) = spool.write(bytes) {
                     write_error.get_or_insert_with(|| format!("output spool write failed (output after byte {} lost): {e}", spool.total()));
@@ -283,6 +302,9 @@ async fn supervise(
     let status = exit_status(main_status, ended_by, spool.total(), write_error);
     broadcast(&ctx, &Event::Exit(status.clone()));
     drop(ctx);
+    if let Some(task) = stdin_task {
+        task.abort();
+    }
     conclude(&spec, &status, server_ack).await;
     // Let in-flight requests (a kill waiting for its report) answer before exiting.
     conns.close();
@@ -507,32 +529,43 @@ async fn serve_conn(ctx: Arc<Ctx>, stream: UnixStream) {
 }
 
 /// Feed queued input to the job's stdin; EOF (or the queue closing) closes it.
-fn stdin_pump(fd: OwnedFd, mut rx: mpsc::Receiver<StdinMsg>) {
-    let mut f = std::fs::File::from(fd);
-    while let Some(StdinMsg::Data(d)) = rx.blocking_recv() {
-        if f.write_all(&d).is_err() {
-            return;
+async fn stdin_pump(fd: AsyncFd<OwnedFd>, mut rx: mpsc::Receiver<StdinMsg>) {
+    while let Some(StdinMsg::Data(d)) = rx.recv().await {
+        let mut rest = &d[..];
+        while !rest.is_empty() {
+            let Ok(mut guard) = fd.writable().await else {
+                return;
+            };
+            match guard.try_io(|fd| Ok(rustix::io::write(fd.get_ref(), rest)?)) {
+                Ok(Ok(n)) => rest = &rest[n..],
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(_)) => return,
+                Err(_would_block) => {}
+            }
         }
     }
 }
 
-/// Read the job's output until EOF (a pty master reports EIO instead).
-fn output_pump(fd: OwnedFd, tx: mpsc::Sender<Vec<u8>>) {
-    let mut f = std::fs::File::from(fd);
+/// Read what the job wrote; 0 at EOF.
+async fn read_output(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
-        let mut buf = vec![0u8; 64 * 1024];
-        match std::io::Read::read(&mut f, &mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                buf.truncate(n);
-                if tx.blocking_send(buf).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut *buf)?)) {
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(result) => return result,
+            Err(_would_block) => {}
         }
     }
+}
+
+/// Make a pipe end or terminal master non-blocking and watch it in the runtime.
+#[allow(unsafe_code)]
+fn nonblocking(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    let flags = rustix::fs::fcntl_getfl(&fd)?;
+    rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, which stays open
+    // and always returns the same descriptor until the AsyncFd is dropped.
+    unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
 }
 
 /// Write `status.json` atomically (temp file + rename), mode 0600, creating
