@@ -244,3 +244,50 @@ async fn killing_a_job_never_touches_what_an_earlier_job_left_running() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_jobs_leave_only_what_they_need_on_disk_and_reuse_one_supervisor() {
+    let state = State::new();
+    let config = state.config();
+    let jobs_dir = config.jobs_dir();
+    let app = state.app_with(config).await;
+    let files = |id: &str| -> Option<Vec<String>> {
+        let rd = std::fs::read_dir(jobs_dir.join(id)).ok()?;
+        let mut v: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        Some(v)
+    };
+    let mut sups = Vec::new();
+    for _ in 0..4 {
+        let id = app.jobs.start(cmd("true")).await.unwrap();
+        let row = finished(&app, &id, 10).await;
+        assert_eq!((row.status, row.exit_code), (JobStatus::Exited, Some(0)));
+        // The server recorded the exit, so no status.json, no socket, no directory.
+        assert_eq!(files(&id), None, "job {id}");
+        sups.push(row.sup_pid.unwrap());
+        // Let the supervisor come back to the pool before the next start.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sups.sort();
+    sups.dedup();
+    assert!(
+        sups.len() <= 2,
+        "four jobs in a row ran on the two pooled supervisors, not {sups:?}"
+    );
+
+    let id = app.jobs.start(cmd("echo hi")).await.unwrap();
+    finished(&app, &id, 10).await;
+    assert_eq!(files(&id), Some(vec!["out.000000".to_owned()]));
+    assert_eq!(all_output(&app, &id).await, b"hi\n");
+
+    // A job that runs for a while gets a control socket, gone when it ends.
+    let id = app.jobs.start(cmd("sleep 0.5")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(files(&id), Some(vec!["ctl.sock".to_owned()]));
+    finished(&app, &id, 10).await;
+    assert_eq!(files(&id), Some(vec![]));
+    app.shutdown().await;
+}

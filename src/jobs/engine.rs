@@ -80,6 +80,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
+/// Run `f`, a few bounded statements and small reads (tens of microseconds),
+/// right here when the database is free, else on a blocking thread. On the
+/// path of every `bash` call a hop to a blocking thread and back costs more
+/// than the work itself; waiting here behind a long statement must not.
+async fn quick<T: Send + 'static>(store: &Store, f: impl FnOnce() -> T + Send + 'static) -> T {
+    if store.is_free() {
+        f()
+    } else {
+        blocking(f).await
+    }
+}
+
 impl Jobs {
     /// Create the engine over `jobs_dir` (created 0700). `exe` is this binary,
     /// used to start the zygote.
@@ -192,7 +204,7 @@ impl Jobs {
         let cwd_s = cwd.to_string_lossy().into_owned();
         let tty = req.tty.is_some();
         let interactive = req.stdin == StdinMode::Interactive;
-        let id = blocking(move || -> Result<String, JobError> {
+        let id = quick(&inner.store, move || -> Result<String, JobError> {
             let running = store.count_running()?;
             if running >= max {
                 return Err(JobError::TooMany { running, max });
@@ -278,7 +290,11 @@ impl Jobs {
         inner.tracker.spawn(async move {
             let store = this.inner.store.clone();
             let rid = jid.clone();
-            if let Err(e) = blocking(move || store.set_supervisor(&rid, pid, start)).await {
+            if let Err(e) = quick(&this.inner.store, move || {
+                store.set_supervisor(&rid, pid, start)
+            })
+            .await
+            {
                 tracing::error!(job = %jid, "cannot record the supervisor: {e}");
             }
             this.watch_job(jid, pid, start, tx, Some(spare.stream))
@@ -348,14 +364,22 @@ impl Jobs {
                             }
                             Ok(Event::Exit(status)) => {
                                 let (end, recorded) = self.finalize(&id, status).await;
-                                if handed && recorded {
-                                    // The supervisor need not write status.json.
-                                    let _ = write
-                                        .write_all(&request_line(&Request::ExitRecorded))
-                                        .await;
-                                }
                                 tx.send_modify(|p| p.end = Some(end));
                                 lock(&self.inner.live).remove(&id);
+                                if handed && recorded {
+                                    // The supervisor need not write status.json,
+                                    // and may come back on this connection.
+                                    let confirmed = write
+                                        .write_all(&request_line(&Request::ExitRecorded))
+                                        .await;
+                                    let reader = lines.into_inner();
+                                    if confirmed.is_ok()
+                                        && reader.buffer().is_empty()
+                                        && let Ok(stream) = reader.into_inner().reunite(write)
+                                    {
+                                        self.inner.zygote.welcome(stream, false).await;
+                                    }
+                                }
                                 return;
                             }
                             _ => {}
@@ -409,7 +433,7 @@ impl Jobs {
         let dir = self.job_dir(id);
         let store = self.inner.store.clone();
         let id = id.to_owned();
-        let recorded = blocking(move || {
+        let recorded = quick(&self.inner.store, move || {
             let end = end_from_status(&dir, &status);
             match store.finish_job(&id, &end) {
                 Ok(_) => (end.status, true),
@@ -525,8 +549,9 @@ impl Jobs {
 
     /// Build a view of a job from its row and its output, in one trip to a
     /// blocking thread: `f` returns the view and the agent's new read
-    /// position, which is stored when it moved.
-    pub async fn read_view<T, F>(&self, id: &str, f: F) -> Result<T, JobError>
+    /// position, which is stored when it moved. `bounded` says `f` reads no
+    /// more than a budget's worth (an excerpt, a page), so it may run inline.
+    pub async fn read_view<T, F>(&self, id: &str, bounded: bool, f: F) -> Result<T, JobError>
     where
         T: Send + 'static,
         F: FnOnce(&JobRow, &SpoolReader) -> std::io::Result<(T, u64)> + Send + 'static,
@@ -534,7 +559,7 @@ impl Jobs {
         let store = self.inner.store.clone();
         let dir = self.job_dir(id);
         let id = id.to_owned();
-        blocking(move || {
+        let view = move || {
             let row = store
                 .get_job(&id)?
                 .ok_or_else(|| JobError::NotFound(id.clone()))?;
@@ -544,8 +569,12 @@ impl Jobs {
                 store.set_poll_cursor(&id, cursor)?;
             }
             Ok(view)
-        })
-        .await
+        };
+        if bounded {
+            quick(&self.inner.store, view).await
+        } else {
+            blocking(view).await
+        }
     }
 
     pub async fn list(&self, filter: crate::store::JobFilter) -> Result<Vec<JobRow>, JobError> {

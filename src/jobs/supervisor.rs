@@ -61,8 +61,10 @@ impl Ready {
     }
 
     /// Run the job; `server` is the connection the job was handed over on,
-    /// which receives its events like any watcher. Returns the exit code.
-    pub fn run(&mut self, spec: Spec, server: StdStream) -> i32 {
+    /// which receives its events like any watcher. Returns the exit code,
+    /// and the connection if the server confirmed the exit on it (it may then
+    /// carry this supervisor's next job).
+    pub fn run(&mut self, spec: Spec, server: StdStream) -> (i32, Option<StdStream>) {
         let Ready { rt, sigchld } = self;
         rt.block_on(supervise(spec, sigchld, server))
     }
@@ -121,7 +123,7 @@ async fn supervise(
     spec: Spec,
     sigchld: &mut tokio::signal::unix::Signal,
     server: StdStream,
-) -> i32 {
+) -> (i32, Option<StdStream>) {
     // A second handle on the server connection, to read its confirmation
     // that it recorded the exit.
     let server_ack = server.try_clone().ok();
@@ -136,8 +138,7 @@ async fn supervise(
             );
             let status = failed(why, 0);
             let _ = (&server).write_all(&event_line(&Event::Exit(status.clone())));
-            conclude(&spec, &status, server_ack).await;
-            return 1;
+            return (1, conclude(&spec, &status, server_ack).await);
         }
     };
 
@@ -150,8 +151,7 @@ async fn supervise(
             );
             let status = failed(format!("cannot read the job's output: {e}"), 0);
             let _ = (&server).write_all(&event_line(&Event::Exit(status.clone())));
-            conclude(&spec, &status, server_ack).await;
-            return 1;
+            return (1, conclude(&spec, &status, server_ack).await);
         }
     };
     let mut stdin_task = None;
@@ -216,6 +216,11 @@ async fn supervise(
                     // EOF, or EIO from a terminal whose last user closed it.
                     _ => {
                         output_open = false;
+                        // The job has most likely just exited: collect it
+                        // now rather than sleep until SIGCHLD wakes us.
+                        if main_status.is_none() {
+                            main_status = reap(spawned.pid);
+                        }
                         continue;
                     }
                 };
@@ -305,42 +310,62 @@ async fn supervise(
     if let Some(task) = stdin_task {
         task.abort();
     }
-    conclude(&spec, &status, server_ack).await;
+    let server = conclude(&spec, &status, server_ack).await;
     // Let in-flight requests (a kill waiting for its report) answer before exiting.
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
     if let Some(listener) = listener {
         finish_listener(listener, &spec, &status);
     }
-    0
+    (0, server)
 }
 
 /// After the `Exit` went out: unless the server confirms it recorded it,
 /// write `status.json` so a restarted server or the CLI can settle the job.
-async fn conclude(spec: &Spec, status: &ExitStatus, server: Option<StdStream>) {
-    if !exit_recorded(server).await {
+/// Returns the server connection when it confirmed.
+async fn conclude(
+    spec: &Spec,
+    status: &ExitStatus,
+    server: Option<StdStream>,
+) -> Option<StdStream> {
+    let server = exit_recorded(server?).await;
+    if server.is_none() {
         write_status(spec, status);
     }
+    server
 }
 
-/// Wait (briefly) for `ExitRecorded` on the server connection. Nothing else
-/// is written to that connection after the `Exit`, so it may turn non-blocking.
-async fn exit_recorded(server: Option<StdStream>) -> bool {
-    let Some(server) = server else { return false };
-    let Ok(stream) = server
-        .set_nonblocking(true)
-        .and_then(|()| UnixStream::from_std(server))
-    else {
-        return false;
+/// Wait (briefly) for `ExitRecorded` on the server connection; give the
+/// connection back, blocking again, when it came. Nothing else is written to
+/// that connection after the `Exit`, so it may turn non-blocking meanwhile;
+/// the server sends nothing after the confirmation, so none is over-read.
+async fn exit_recorded(server: StdStream) -> Option<StdStream> {
+    use tokio::io::AsyncReadExt;
+    server.set_nonblocking(true).ok()?;
+    let mut stream = UnixStream::from_std(server).ok()?;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 64];
+    let read = async {
+        while !line.ends_with(b"\n") && line.len() < 1024 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => line.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
     };
-    let mut lines = BufReader::new(stream).lines();
-    match tokio::time::timeout(ACK_WAIT, lines.next_line()).await {
-        Ok(Ok(Some(line))) => matches!(
-            serde_json::from_str::<Request>(&line),
-            Ok(Request::ExitRecorded)
-        ),
-        _ => false,
+    if !matches!(tokio::time::timeout(ACK_WAIT, read).await, Ok(true)) {
+        return None;
     }
+    if !matches!(
+        serde_json::from_slice::<Request>(&line),
+        Ok(Request::ExitRecorded)
+    ) {
+        return None;
+    }
+    let server = stream.into_std().ok()?;
+    server.set_nonblocking(false).ok()?;
+    Some(server)
 }
 
 /// Bind the job's control socket, creating the job directory if no output

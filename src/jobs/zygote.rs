@@ -73,25 +73,31 @@ fn spare_main(spare_socket: &Path) -> i32 {
     };
     // Serve jobs one after another: a supervisor whose job left no process
     // behind becomes a spare again, so steady work needs no fork per job.
+    let mut conn = None;
     loop {
-        match take_job(spare_socket) {
+        match take_job(spare_socket, conn.take()) {
             None => return 0,
             Some((spec, server)) => {
-                let code = ready.run(spec, server);
+                let (code, back) = ready.run(spec, server);
                 if !ready.childless() {
                     // Leftovers of the job are ours (subreaper); never mix
                     // them with another job's tree.
                     return code;
                 }
+                conn = back;
             }
         }
     }
 }
 
 /// Greet the server as an idle spare and wait for a job: its spec and the
-/// connection that will carry its events.
-fn take_job(spare_socket: &Path) -> Option<(Spec, UnixStream)> {
-    let mut server = UnixStream::connect(spare_socket).ok()?;
+/// connection that will carry its events. `conn` is the connection of the
+/// previous job, if the server confirmed that job's end on it.
+fn take_job(spare_socket: &Path, conn: Option<UnixStream>) -> Option<(Spec, UnixStream)> {
+    let mut server = match conn {
+        Some(c) => c,
+        None => UnixStream::connect(spare_socket).ok()?,
+    };
     let hello = Hello {
         pid: rustix::process::getpid().as_raw_nonzero().get(),
     };
@@ -198,7 +204,7 @@ impl Zygote {
                     _ = cancel.cancelled() => break,
                 };
                 if let Ok((stream, _)) = conn {
-                    this.welcome(stream).await;
+                    this.welcome(stream, true).await;
                 }
             }
             let _ = std::fs::remove_file(&this.socket);
@@ -206,8 +212,9 @@ impl Zygote {
         self.replenish().await
     }
 
-    /// Read a spare's greeting and put it in the pool.
-    async fn welcome(&self, stream: tokio::net::UnixStream) {
+    /// Read a spare's greeting and put it in the pool. `fresh` is false for
+    /// a supervisor coming back on the connection of its finished job.
+    pub async fn welcome(&self, stream: tokio::net::UnixStream, fresh: bool) {
         let mut reader = tokio::io::BufReader::new(stream);
         let mut line = String::new();
         let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
@@ -221,9 +228,11 @@ impl Zygote {
             pid: hello.pid,
             stream: reader.into_inner(),
         });
-        let _ = self
-            .pending
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        if fresh {
+            let _ = self
+                .pending
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        }
         self.arrived.notify_waiters();
     }
 

@@ -154,7 +154,7 @@ async fn run(
 /// poll cursor moves to the end of what exists now.
 pub(crate) async fn result(jobs: &Jobs, id: &str, budget: usize) -> Result<JobResult, String> {
     let id = id.to_owned();
-    jobs.read_view(&id.clone(), move |row, reader| {
+    jobs.read_view(&id.clone(), true, move |row, reader| {
         let excerpt = output::excerpt(reader, budget)?;
         let mut r = JobResult::from_row(row, reader.len(), reader.total_lines()?).with_excerpt(excerpt);
         if !row.status.is_final() {

@@ -179,7 +179,7 @@ async fn poll(
     let tail = p.tail;
     let cursor = p.cursor;
     let mut view = jobs
-        .read_view(id, move |row, reader| {
+        .read_view(id, re.is_none(), move |row, reader| {
             let r = JobResult::from_row(row, reader.len(), reader.total_lines()?);
             let r = if let Some(n) = tail {
                 r.with_page(output::tail(reader, n.max(1), budget)?)
@@ -295,7 +295,7 @@ async fn write(jobs: &Jobs, p: &JobParams) -> Result<JobResult, String> {
     tokio::time::sleep(Duration::from_millis(150)).await;
     let budget = jobs.config().default_max_output;
     let mut r = jobs
-        .read_view(id, move |row, reader| {
+        .read_view(id, true, move |row, reader| {
             let r = JobResult::from_row(row, reader.len(), reader.total_lines()?)
                 .with_page(output::page(reader, row.poll_cursor, budget)?);
             let next = r.next_cursor;

@@ -191,6 +191,12 @@ impl Store {
         Ok(f(&conn)?)
     }
 
+    /// True when no statement of this process is running on the database
+    /// right now (another process may still hold SQLite's write lock).
+    pub fn is_free(&self) -> bool {
+        self.conn.try_lock().is_ok()
+    }
+
     /// Insert a new running job. Returns false when the id is already taken.
     pub fn insert_job(&self, row: &JobRow) -> Result<bool, StoreError> {
         self.with(|c| {
