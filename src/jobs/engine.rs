@@ -279,8 +279,7 @@ impl Jobs {
                 return Err(e);
             }
         };
-        let pid = spare.pid;
-        let start = procs::stat(pid).map(|s| s.start).unwrap_or(0);
+        let (pid, start) = (spare.pid, spare.start);
         let (tx, rx) = watch::channel(Progress::default());
         lock(&inner.live).insert(id.clone(), rx);
         // Recording the supervisor is off the start path: the watcher does it

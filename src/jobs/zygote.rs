@@ -30,6 +30,9 @@ use super::{JobError, lock, supervisor};
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Hello {
     pub pid: i32,
+    /// Its start time (clock ticks since boot), which with the pid
+    /// identifies the process for a restarted server.
+    pub start: u64,
 }
 
 /// Run the zygote loop: one spare per line on stdin. Must be called before
@@ -98,8 +101,10 @@ fn take_job(spare_socket: &Path, conn: Option<UnixStream>) -> Option<(Spec, Unix
         Some(c) => c,
         None => UnixStream::connect(spare_socket).ok()?,
     };
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
     let hello = Hello {
-        pid: rustix::process::getpid().as_raw_nonzero().get(),
+        pid,
+        start: super::procs::stat(pid).map(|s| s.start).unwrap_or(0),
     };
     let mut hello = serde_json::to_vec(&hello).ok()?;
     hello.push(b'\n');
@@ -154,6 +159,7 @@ const SPARES: usize = 2;
 /// An idle spare, connected and waiting for a spec.
 pub struct Spare {
     pub pid: i32,
+    pub start: u64,
     pub stream: tokio::net::UnixStream,
 }
 
@@ -226,6 +232,7 @@ impl Zygote {
         // nothing is left in the reader's buffer.
         lock(&self.idle).push(Spare {
             pid: hello.pid,
+            start: hello.start,
             stream: reader.into_inner(),
         });
         if fresh {
