@@ -9,15 +9,24 @@ use std::process::{Command, Stdio};
 use super::direct;
 use super::proto::{Spec, StdinMode};
 
-/// The started job: its pid, where its output comes from, where its input goes.
+/// A job ready to start: its command with stdio wired, and the descriptor its
+/// output will come from, which the caller takes (and sets up) first, so
+/// that nothing is left to do between the spawn and waiting for output.
+pub(super) struct Prepared {
+    cmd: Command,
+    pub(super) output: Option<OwnedFd>,
+    /// The terminal's master side, for a tty job.
+    master: Option<OwnedFd>,
+}
+
+/// The started job: its pid, where its input goes, its terminal.
 pub(super) struct Spawned {
     pub(super) pid: i32,
-    pub(super) output: OwnedFd,
     pub(super) input: Option<OwnedFd>,
     pub(super) pty: Option<OwnedFd>,
 }
 
-pub(super) fn spawn(spec: &Spec) -> io::Result<Spawned> {
+pub(super) fn prepare(spec: &Spec) -> io::Result<Prepared> {
     let path = spec
         .env
         .iter()
@@ -53,15 +62,10 @@ pub(super) fn spawn(spec: &Spec) -> io::Result<Spawned> {
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));
         pty_session(&mut cmd);
-        let child = cmd.spawn()?;
-        drop(cmd);
-        let input = Some(master.try_clone()?);
-        let pty = Some(master.try_clone()?);
-        return Ok(Spawned {
-            pid: child.id() as i32,
-            output: master,
-            input,
-            pty,
+        return Ok(Prepared {
+            cmd,
+            output: Some(master.try_clone()?),
+            master: Some(master),
         });
     }
     let (read, write) = std::io::pipe()?;
@@ -72,15 +76,32 @@ pub(super) fn spawn(spec: &Spec) -> io::Result<Spawned> {
         StdinMode::Text(_) | StdinMode::Interactive => Stdio::piped(),
     });
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn()?;
-    drop(cmd); // closes our copies of the pipe's write end, so EOF can arrive
-    let input = child.stdin.take().map(OwnedFd::from);
-    Ok(Spawned {
-        pid: child.id() as i32,
-        output: OwnedFd::from(read),
-        input,
-        pty: None,
+    Ok(Prepared {
+        cmd,
+        output: Some(OwnedFd::from(read)),
+        master: None,
     })
+}
+
+impl Prepared {
+    pub(super) fn spawn(self) -> io::Result<Spawned> {
+        let Prepared {
+            mut cmd, master, ..
+        } = self;
+        let mut child = cmd.spawn()?;
+        // Closes our copies of the pipe's write end (or the terminal's slave
+        // side), so EOF can arrive.
+        drop(cmd);
+        let (input, pty) = match master {
+            Some(m) => (Some(m.try_clone()?), Some(m)),
+            None => (child.stdin.take().map(OwnedFd::from), None),
+        };
+        Ok(Spawned {
+            pid: child.id() as i32,
+            input,
+            pty,
+        })
+    }
 }
 
 fn open_pty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {

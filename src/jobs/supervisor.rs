@@ -23,7 +23,7 @@ use super::proto::{
     CONTROL_SOCKET, Event, ExitStatus, KillReport, Request, STATUS_FILE, Spec, StdinMode,
 };
 use super::render::TtyRender;
-use super::spawn::spawn;
+use super::spawn::prepare;
 use super::spool::SpoolWriter;
 use super::{lock, now_ms, procs};
 
@@ -128,7 +128,18 @@ async fn supervise(
     // that it recorded the exit.
     let server_ack = server.try_clone().ok();
     let mut spool = SpoolWriter::new(&spec.dir, spec.segment_size, spec.output_cap);
-    let spawned = match spawn(&spec) {
+    // Everything that can be ready before the job starts is: once it runs,
+    // this process only waits for it.
+    let mut chunk = vec![0u8; 64 * 1024];
+    let started = prepare(&spec).and_then(|mut p| {
+        let output = nonblocking(
+            p.output
+                .take()
+                .ok_or_else(|| io::Error::other("no output"))?,
+        )?;
+        Ok((output, p.spawn()?))
+    });
+    let (output, spawned) = match started {
         Ok(s) => s,
         Err(e) => {
             let why = format!(
@@ -137,19 +148,6 @@ async fn supervise(
                 spec.cwd.display()
             );
             let status = failed(why, 0);
-            let _ = (&server).write_all(&event_line(&Event::Exit(status.clone())));
-            return (1, conclude(&spec, &status, server_ack).await);
-        }
-    };
-
-    let output = match nonblocking(spawned.output) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = rustix::process::kill_process_group(
-                Pid::from_raw(spawned.pid).unwrap_or(Pid::INIT),
-                Signal::KILL,
-            );
-            let status = failed(format!("cannot read the job's output: {e}"), 0);
             let _ = (&server).write_all(&event_line(&Event::Exit(status.clone())));
             return (1, conclude(&spec, &status, server_ack).await);
         }
@@ -185,7 +183,6 @@ async fn supervise(
 
     // Output is read in this task, one buffer at a time: the pipe (or
     // terminal) fills up and holds the job back while the spool is slow.
-    let mut chunk = vec![0u8; 64 * 1024];
     let mut render = spec.tty.map(|_| TtyRender::default());
     let timeout_at = spec
         .timeout_ms
