@@ -269,7 +269,7 @@ async fn short_jobs_leave_only_what_they_need_on_disk_and_reuse_one_supervisor()
         assert_eq!(files(&id), None, "job {id}");
         sups.push(row.sup_pid.unwrap());
         // Let the supervisor come back to the pool before the next start.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     sups.sort();
     sups.dedup();

@@ -302,6 +302,11 @@ async fn supervise(
     }
     let ended_by = lock(&ctx.ended_by).clone();
     let status = exit_status(main_status, ended_by, spool.total(), write_error);
+    if listener.is_some() {
+        // Gone before anyone hears of the end: once the server has recorded
+        // it, no socket of this job is left to find.
+        let _ = std::fs::remove_file(spec.dir.join(CONTROL_SOCKET));
+    }
     broadcast(&ctx, &Event::Exit(status.clone()));
     drop(ctx);
     if let Some(task) = stdin_task {
@@ -312,7 +317,7 @@ async fn supervise(
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
     if let Some(listener) = listener {
-        finish_listener(listener, &spec, &status);
+        finish_listener(listener, &status);
     }
     (0, server)
 }
@@ -611,10 +616,9 @@ fn write_status(spec: &Spec, status: &ExitStatus) {
     }
 }
 
-/// Answer every connection already queued on the listener with the final
-/// status, then remove the socket so later clients read `status.json`.
-fn finish_listener(listener: UnixListener, spec: &Spec, status: &ExitStatus) {
-    let _ = std::fs::remove_file(spec.dir.join(CONTROL_SOCKET));
+/// Answer every connection already queued on the listener (its socket file
+/// is removed already) with the final status.
+fn finish_listener(listener: UnixListener, status: &ExitStatus) {
     let Ok(listener) = listener.into_std() else {
         return;
     };
