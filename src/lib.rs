@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod fsutil;
 pub mod host;
 pub mod http;
