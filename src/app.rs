@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::sync::Arc;
+
 use crate::config::Config;
+use crate::files::Files;
 use crate::jobs::{JobError, Jobs};
 use crate::store::{Store, StoreError};
 
@@ -23,6 +26,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Jobs(#[from] JobError),
+    #[error("file roots: {0}")]
+    Files(#[from] crate::files::FileError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -36,6 +41,7 @@ pub enum AppError {
 pub struct App {
     pub config: Config,
     pub jobs: Jobs,
+    pub files: Arc<Files>,
     pub tracker: TaskTracker,
     pub cancel: CancellationToken,
 }
@@ -65,9 +71,15 @@ impl App {
             cancel.clone(),
         )?;
         jobs.start_background().await?;
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| "/".into());
+        let files = Arc::new(Files::new(&config.files.roots, home)?);
         Ok(App {
             config,
             jobs,
+            files,
             tracker,
             cancel,
         })
@@ -81,7 +93,11 @@ impl App {
     ) -> Result<(), AppError> {
         let addr = listener.local_addr()?;
         let guard = crate::http::Guard::for_addr(addr, extra_hosts);
-        let service = crate::mcp::http_service(self.jobs.clone(), self.cancel.child_token());
+        let service = crate::mcp::http_service(
+            self.jobs.clone(),
+            self.files.clone(),
+            self.cancel.child_token(),
+        );
         let router = crate::http::router(service, guard);
         crate::http::run(listener, router, self.cancel.clone()).await?;
         Ok(())
@@ -89,7 +105,7 @@ impl App {
 
     /// Serve MCP on stdin/stdout until the client disconnects.
     pub async fn serve_stdio(&self) -> Result<(), AppError> {
-        crate::mcp::serve_stdio(self.jobs.clone()).await?;
+        crate::mcp::serve_stdio(self.jobs.clone(), self.files.clone()).await?;
         Ok(())
     }
 

@@ -60,6 +60,15 @@ pub struct JobsConfig {
     pub max_runtime: u64,
 }
 
+/// The file tools.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// When set, the file tools reach only paths under these directories
+    /// (symlinks and `..` included); empty means anywhere the server user may.
+    pub roots: Vec<PathBuf>,
+}
+
 impl Default for JobsConfig {
     fn default() -> Self {
         JobsConfig {
@@ -87,6 +96,7 @@ pub struct Config {
     /// Where state lives (database, spools). Empty means the XDG default.
     pub state_dir: PathBuf,
     pub jobs: JobsConfig,
+    pub files: FilesConfig,
     /// The file this configuration was read from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -98,6 +108,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 1337)),
             state_dir: PathBuf::new(),
             jobs: JobsConfig::default(),
+            files: FilesConfig::default(),
             source: None,
         }
     }
@@ -170,6 +181,9 @@ impl Config {
         }
         if let Some(v) = parse(env, "MCPSH_JOB_OUTPUT_CAP")? {
             self.jobs.output_cap = v;
+        }
+        if let Some(v) = env("MCPSH_FILE_ROOTS").filter(|v| !v.is_empty()) {
+            self.files.roots = std::env::split_paths(&v).collect();
         }
         if let Some(v) = parse(env, "MCPSH_SPOOL_QUOTA")? {
             self.jobs.spool_quota = v;

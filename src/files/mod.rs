@@ -8,11 +8,39 @@
 //! libraries, and agent text is only ever data (a path, a pattern), never an
 //! option or a command. Remote hosts will plug in behind the same calls.
 
+pub mod grep;
+pub mod list;
+pub mod ops;
+pub mod read;
 mod scope;
+pub mod write;
 
 pub use scope::Scope;
 
 use std::path::{Path, PathBuf};
+
+/// The file engine of one server: where paths may reach, and the line
+/// indexes of recently read files. Calls block; run them off the runtime.
+pub struct Files {
+    pub scope: Scope,
+    pub indexes: read::LineIndexes,
+}
+
+impl Files {
+    /// Confined to `roots` when there are any; relative paths start at the
+    /// first root, or at `home` without roots.
+    pub fn new(roots: &[PathBuf], home: PathBuf) -> Result<Files, FileError> {
+        let scope = if roots.is_empty() {
+            Scope::unconfined(home)
+        } else {
+            Scope::confined(roots)?
+        };
+        Ok(Files {
+            scope,
+            indexes: read::LineIndexes::default(),
+        })
+    }
+}
 
 /// Why a file operation could not be done; every message says what to try.
 #[derive(Debug, thiserror::Error)]
@@ -45,5 +73,19 @@ impl FileError {
                 source,
             }
         }
+    }
+}
+
+/// A file type in words, from `st_mode`.
+pub fn kind_of(mode: u32) -> &'static str {
+    match rustix::fs::FileType::from_raw_mode(mode) {
+        rustix::fs::FileType::RegularFile => "file",
+        rustix::fs::FileType::Directory => "dir",
+        rustix::fs::FileType::Symlink => "symlink",
+        rustix::fs::FileType::Fifo => "fifo",
+        rustix::fs::FileType::Socket => "socket",
+        rustix::fs::FileType::CharacterDevice => "char device",
+        rustix::fs::FileType::BlockDevice => "block device",
+        rustix::fs::FileType::Unknown => "special file",
     }
 }

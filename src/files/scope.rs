@@ -258,7 +258,10 @@ mod tests {
         let (_t, root) = tree();
         let scope = Scope::unconfined(root.clone());
         assert_eq!(read(&scope, "up").unwrap(), "out");
-        assert_eq!(read(&scope, &format!("{}/../secret", root.display())).unwrap(), "out");
+        assert_eq!(
+            read(&scope, &format!("{}/../secret", root.display())).unwrap(),
+            "out"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! job engine; they never spawn processes or touch SQL themselves.
 
 mod bash;
+mod file;
 mod job;
 mod render;
 
@@ -16,6 +17,9 @@ use rmcp::{ErrorData, ServerHandler};
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use std::sync::Arc;
+
+use crate::files::Files;
 use crate::jobs::Jobs;
 
 const INSTRUCTIONS: &str = "mcpsh runs commands on real machines. `bash` runs a command as a job: it waits \
@@ -27,15 +31,21 @@ Commands get stdin from /dev/null (no prompts), NO_COLOR=1 and PAGER=cat.";
 #[derive(Clone)]
 pub struct McpServer {
     jobs: Jobs,
+    files: Arc<Files>,
 }
 
 impl McpServer {
-    pub fn new(jobs: Jobs) -> McpServer {
-        McpServer { jobs }
+    pub fn new(jobs: Jobs, files: Arc<Files>) -> McpServer {
+        McpServer { jobs, files }
     }
 
     fn tools() -> Vec<Tool> {
-        vec![bash::tool(), job::tool()]
+        vec![
+            bash::tool(),
+            job::tool(),
+            file::read_tool(),
+            file::write_tool(),
+        ]
     }
 }
 
@@ -76,9 +86,19 @@ impl ServerHandler for McpServer {
                     .instrument(span)
                     .await
             }
+            "file" => {
+                file::call_read(&self.files, self.jobs.config(), parse(args)?)
+                    .instrument(span)
+                    .await
+            }
+            "file_write" => {
+                file::call_write(&self.files, parse(args)?)
+                    .instrument(span)
+                    .await
+            }
             other => {
                 return Err(ErrorData::invalid_params(
-                    format!("unknown tool {other:?}; the tools are bash and job"),
+                    format!("unknown tool {other:?}; the tools are bash, job, file and file_write"),
                     None,
                 ));
             }
@@ -167,6 +187,7 @@ impl<'a> Progress<'a> {
 /// `http/` for every route, so rmcp's own are off.
 pub fn http_service(
     jobs: Jobs,
+    files: Arc<Files>,
     cancel: tokio_util::sync::CancellationToken,
 ) -> rmcp::transport::streamable_http_server::StreamableHttpService<
     McpServer,
@@ -184,16 +205,16 @@ pub fn http_service(
         .with_max_request_body_bytes(4 << 20)
         .with_cancellation_token(cancel);
     StreamableHttpService::new(
-        move || Ok(McpServer::new(jobs.clone())),
+        move || Ok(McpServer::new(jobs.clone(), files.clone())),
         Default::default(),
         config,
     )
 }
 
 /// Serve MCP over this process's stdin/stdout until the client closes it.
-pub async fn serve_stdio(jobs: Jobs) -> Result<(), std::io::Error> {
+pub async fn serve_stdio(jobs: Jobs, files: Arc<Files>) -> Result<(), std::io::Error> {
     use rmcp::ServiceExt;
-    let running = McpServer::new(jobs)
+    let running = McpServer::new(jobs, files)
         .serve(rmcp::transport::stdio())
         .await
         .map_err(std::io::Error::other)?;
