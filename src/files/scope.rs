@@ -253,6 +253,76 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever path an agent makes of these pieces, anything that opens
+        /// is really inside the root (asked of the kernel afterwards).
+        #[test]
+        fn no_random_path_opens_outside_the_root(
+            absolute in proptest::bool::ANY,
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "..", ".", "sub", "f", "inside", "up", "abs", "root2", "secret", "root",
+                    "etc", "hostname", "proc", "self", "fd", "loop", "", "//",
+                ]),
+                0..8,
+            ),
+        ) {
+            let (_t, root) = tree();
+            std::os::unix::fs::symlink("/proc/self/root", root.join("sub/proc")).ok();
+            std::os::unix::fs::symlink("loop", root.join("loop")).ok();
+            let scope = Scope::confined(std::slice::from_ref(&root)).unwrap();
+            let joined = parts.join("/");
+            let path = if absolute { format!("{}/{joined}", root.display()) } else { joined };
+            let Ok(abs) = scope.absolute(&path) else { return Ok(()) };
+            for flags in [OFlags::RDONLY, OFlags::PATH] {
+                if let Ok(fd) = scope.open(&abs, flags, Mode::empty()) {
+                    use std::os::fd::AsRawFd;
+                    let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+                    proptest::prop_assert!(real.starts_with(&root), "{path} opened {}", real.display());
+                }
+            }
+            if let Ok((dir, _)) = scope.open_parent(&abs) {
+                use std::os::fd::AsRawFd;
+                let real = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).unwrap();
+                proptest::prop_assert!(real.starts_with(&root), "{path}: parent {}", real.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_symlink_swapped_in_after_a_check_cannot_escape() {
+        let (_t, root) = tree();
+        let scope = Scope::confined(std::slice::from_ref(&root)).unwrap();
+        let target = root.join("swap/hostname");
+        std::fs::create_dir(root.join("swap")).unwrap();
+        std::fs::write(&target, "mine").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flipper = {
+            let (root, stop) = (root.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::fs::rename(root.join("swap"), root.join("swap.real"));
+                    let _ = std::os::unix::fs::symlink("/etc", root.join("swap"));
+                    let _ = std::fs::remove_file(root.join("swap"));
+                    let _ = std::fs::rename(root.join("swap.real"), root.join("swap"));
+                }
+            })
+        };
+        let mut opened = 0;
+        for _ in 0..20_000 {
+            if let Ok(fd) = scope.open(&target, OFlags::RDONLY, Mode::empty()) {
+                opened += 1;
+                let text = std::io::read_to_string(std::fs::File::from(fd)).unwrap();
+                assert_eq!(text, "mine", "read a file outside the root");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flipper.join().unwrap();
+        assert!(opened > 0);
+    }
+
     #[test]
     fn unconfined_paths_mean_what_they_mean() {
         let (_t, root) = tree();
