@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --bin mcpsh --bin mcpsh-bench
-//! target/release/mcpsh-bench [--server PATH] [--calls N] [--quick]
+//! target/release/mcpsh-bench [--server PATH] [--calls N] [--quick] [--only NAME]
 //! ```
 //!
 //! 1. Round trip of `tools/call bash {cmd:"true"}` and of a no-op call
@@ -15,6 +15,8 @@
 //!    (`SpoolReader::open` + `output::page`), plus the head+tail excerpt that
 //!    `bash` returns when a job ends.
 //! 5. Peak server and supervisor RSS while a job writes a large output.
+//! 6. `file grep` over a generated source tree (1 GiB; 64 MiB with
+//!    `--quick`) against `rg`, and the memory it takes.
 //!
 //! Every server gets its own state directory under a temporary directory
 //! that is removed at the end; servers are stopped with SIGTERM (SIGKILL
@@ -33,6 +35,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mcpsh::files::Scope;
+use mcpsh::files::grep::{self, Case, GrepOptions};
 use mcpsh::jobs::output;
 use mcpsh::jobs::spool::{SpoolReader, SpoolWriter};
 use serde_json::{Value, json};
@@ -62,18 +66,23 @@ struct Opts {
     spool_bytes: u64,
     job_bytes: u64,
     page_reads: usize,
+    grep_bytes: u64,
+    /// Run only the sections whose name contains this.
+    only: Option<String>,
 }
 
-const USAGE: &str = "usage: mcpsh-bench [--server PATH] [--calls N] [--quick]
+const USAGE: &str = "usage: mcpsh-bench [--server PATH] [--calls N] [--quick] [--only NAME]
 
   --server PATH   the mcpsh binary (default: `mcpsh` next to this binary)
   --calls N       measured calls per round-trip metric (default 1000; --quick: 100)
-  --quick         small sizes for a smoke run (64 MiB spool and job, 100 calls)";
+  --quick         small sizes for a smoke run (64 MiB spool, job and grep tree, 100 calls)
+  --only NAME     run only the sections whose name contains NAME (e.g. grep)";
 
 fn parse_args() -> Result<Opts> {
     let mut server = None;
     let mut calls = None;
     let mut quick = false;
+    let mut only = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -90,6 +99,7 @@ fn parse_args() -> Result<Opts> {
                 calls = Some(n);
             }
             "--quick" => quick = true,
+            "--only" => only = Some(args.next().ok_or("--only needs a section name")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -119,6 +129,8 @@ fn parse_args() -> Result<Opts> {
         spool_bytes: size,
         job_bytes: size,
         page_reads: if quick { 50 } else { 300 },
+        grep_bytes: size,
+        only,
     })
 }
 
@@ -1288,6 +1300,281 @@ fn bench_memory(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// 6: file grep against ripgrep
+
+/// The identifier planted in a few files of the generated tree.
+const RARE: &str = "zq_rare_marker";
+
+/// Deterministic xorshift64* numbers.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
+
+const WORDS: &[&str] = &[
+    "let",
+    "mut",
+    "self",
+    "fn",
+    "return",
+    "match",
+    "impl",
+    "pub",
+    "struct",
+    "if",
+    "else",
+    "for",
+    "in",
+    "while",
+    "Some(value)",
+    "None",
+    "Ok(())",
+    "Err(e)",
+    "buffer",
+    "len",
+    "config",
+    "path",
+    "request",
+    "response",
+    "handle",
+    "value",
+    "index",
+    "count",
+    "error",
+    "result",
+    "String",
+    "Vec<u8>",
+    "u64",
+    "usize",
+    "into()",
+    "from",
+    "clone()",
+    "iter()",
+    "map(|x|",
+    "collect()",
+    "unwrap_or_default()",
+    "&",
+    "=",
+    "==",
+    "+",
+    "->",
+    "=>",
+    "{",
+    "}",
+    ";",
+    "//",
+    "0",
+    "1",
+    "42",
+    "\"text\"",
+    "self.state",
+    "Option<&str>",
+    "Result<(), Error>",
+    "as_bytes()",
+    "await?",
+];
+
+/// Source-like lines (indentation, 3 to 12 tokens) until `out` holds `len` bytes.
+fn source_text(rng: &mut Rng, len: usize, out: &mut Vec<u8>) {
+    out.clear();
+    while out.len() < len {
+        out.resize(out.len() + 4 * rng.below(4), b' ');
+        for i in 0..3 + rng.below(10) {
+            if i > 0 {
+                out.push(b' ');
+            }
+            out.extend_from_slice(WORDS[rng.below(WORDS.len())].as_bytes());
+        }
+        out.push(b'\n');
+    }
+}
+
+/// About 20,000 files per GiB (52 KiB on average) in 20 x 20 directories,
+/// `RARE` on one line of about 8 files spread over the tree. Returns (files,
+/// bytes, planted).
+fn make_tree(dir: &Path, bytes: u64) -> Result<(u64, u64, u64)> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let avg = 52 * KIB as usize;
+    let (mut files, mut total, mut planted) = (0u64, 0u64, 0u64);
+    let stride = (bytes / avg as u64 / 8).max(1);
+    let mut buf = Vec::with_capacity(2 * avg);
+    while total < bytes {
+        let sub = dir.join(format!("d{:02}/m{:02}", files / 1000 % 20, files / 50 % 20));
+        if files % 50 == 0 {
+            fs::create_dir_all(&sub)?;
+        }
+        let len = avg / 2 + rng.below(avg);
+        source_text(&mut rng, len, &mut buf);
+        if files % stride == stride / 2 {
+            let at = buf.len() / 2;
+            let at = at
+                + buf[at..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(0, |p| p + 1);
+            let line = format!("    let {RARE} = self.state;\n");
+            buf.splice(at..at, line.bytes());
+            planted += 1;
+        }
+        fs::write(sub.join(format!("f{files:05}.rs")), &buf)?;
+        files += 1;
+        total += buf.len() as u64;
+    }
+    Ok((files, total, planted))
+}
+
+/// How long `f` took.
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((t.elapsed(), v))
+}
+
+fn bench_grep(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
+    let dir = tmp.sub("grep")?;
+    let t = Instant::now();
+    let (files, bytes, planted) = make_tree(&dir, o.grep_bytes)?;
+    // Write the tree back now, so that writeback does not compete with the
+    // first timed runs.
+    rustix::fs::sync();
+    let size = format!("{:.0} MiB in {files} files", mib(bytes));
+    rep.info(
+        format!("grep tree: {size}, generated"),
+        format!("{:.1} s", t.elapsed().as_secs_f64()),
+    );
+
+    let scope = Scope::unconfined(dir.clone());
+    let opts = GrepOptions {
+        pattern: RARE.into(),
+        fixed: false,
+        // What rg does without flags (Smart would search case-insensitively
+        // here, which is slower for both).
+        case: Case::Sensitive,
+        word: false,
+        globs: Vec::new(),
+        hidden: false,
+        gitignore: true,
+        context: 0,
+        offset: 0,
+        limit: 100,
+    };
+    let ours = || -> Result<()> {
+        let r = grep::grep(&scope, &dir, &opts, PAGE)?;
+        if r.total_matches != planted
+            || r.matches.len() as u64 != planted
+            || r.files_searched != files
+        {
+            return err(format!(
+                "grep found {} matches ({} on the page) in {} files searched; planted {planted} in {files}",
+                r.total_matches,
+                r.matches.len(),
+                r.files_searched
+            ));
+        }
+        Ok(())
+    };
+    let rg = || -> Result<()> {
+        let out = Command::new("rg")
+            .args(["--no-config", "-c", "--", RARE])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return err(format!("rg exited with {}", out.status));
+        }
+        let found: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.rsplit(':').next()?.parse::<u64>().ok())
+            .sum();
+        if found != planted {
+            return err(format!("rg found {found} matches, planted {planted}"));
+        }
+        Ok(())
+    };
+    // Peak memory of our grep, from a process that has not run it yet:
+    // reset this process's VmHWM to its current RSS first.
+    let rss0 = mem(std::process::id()).map_or(0, |m| m.0);
+    let reset = fs::write("/proc/self/clear_refs", "5").is_ok();
+    // One warm-up each, then alternate so that both see the same machine.
+    ours()?;
+    let have_rg = match rg() {
+        Ok(()) => true,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+        {
+            rep.notes.push(
+                "rg not found: `apt-get install ripgrep` to compare file grep with it".into(),
+            );
+            false
+        }
+        Err(e) => return Err(e),
+    };
+    let (mut mine, mut theirs) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        mine = mine.min(timed(ours)?.0);
+        if have_rg {
+            theirs = theirs.min(timed(rg)?.0);
+        }
+    }
+    // rg runs in its own process, so this is ours alone.
+    let growth = mem(std::process::id())
+        .filter(|_| reset)
+        .map(|(_, hwm)| hwm.saturating_sub(rss0));
+    rep.info(
+        format!("file grep {size}: library call, best of 3"),
+        format!(
+            "{:.3} s ({:.0} MiB/s)",
+            mine.as_secs_f64(),
+            mib(bytes) / mine.as_secs_f64()
+        ),
+    );
+    match growth {
+        Some(g) => rep.check(
+            "file grep: bench process VmHWM growth",
+            format!("{:.1} MiB", mib(g)),
+            "<= 32 MiB",
+            mib(g) <= 32.0,
+        ),
+        None => rep
+            .notes
+            .push("cannot reset VmHWM (/proc/self/clear_refs): grep memory not measured".into()),
+    }
+    if have_rg {
+        rep.info(
+            "rg --no-config -c over the same tree, best of 3",
+            format!(
+                "{:.3} s ({:.0} MiB/s)",
+                theirs.as_secs_f64(),
+                mib(bytes) / theirs.as_secs_f64()
+            ),
+        );
+        let ratio = theirs.as_secs_f64() / mine.as_secs_f64();
+        rep.check(
+            "file grep speed relative to rg (rg time / ours)",
+            format!("{ratio:.2}x"),
+            ">= 0.8x rg",
+            ratio >= 0.8,
+        );
+    }
+    rep.notes.push(
+        "file grep: warm page cache (the tree was just written and synced), runs alternate with rg"
+            .into(),
+    );
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 
 /// The 1, 5 and 15 minute load averages.
 fn loadavg() -> String {
@@ -1323,14 +1610,21 @@ fn main() -> std::process::ExitCode {
     let mut rep = Report::default();
     let load0 = loadavg();
     type Section = fn(&mut Report, &Opts, &TempDir) -> Result<()>;
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("HTTP round trips", bench_http),
         ("spawn floor", bench_floor),
         ("stdio round trips", bench_stdio),
         ("spool", bench_spool),
         ("server memory", bench_memory),
+        ("file grep", bench_grep),
     ];
     for (name, f) in sections {
+        if o.only
+            .as_ref()
+            .is_some_and(|only| !name.contains(only.as_str()))
+        {
+            continue;
+        }
         eprintln!("  {name}...");
         let t = Instant::now();
         if let Err(e) = f(&mut rep, &o, &tmp) {
