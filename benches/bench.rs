@@ -67,6 +67,8 @@ struct Opts {
     job_bytes: u64,
     page_reads: usize,
     grep_bytes: u64,
+    /// The line `file read` pages at (the file has a little more).
+    read_line: u64,
     /// Run only the sections whose name contains this.
     only: Option<String>,
 }
@@ -130,6 +132,7 @@ fn parse_args() -> Result<Opts> {
         job_bytes: size,
         page_reads: if quick { 50 } else { 300 },
         grep_bytes: size,
+        read_line: if quick { 1_000_000 } else { 10_000_000 },
         only,
     })
 }
@@ -1574,6 +1577,80 @@ fn bench_grep(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
     Ok(())
 }
 
+/// `file action=read` deep in a large file, through a server: the first page
+/// at the target line (which builds the line index), then warm pages near
+/// it; and the server's peak RSS across those reads and a `file grep` of the
+/// whole file.
+fn bench_file_read(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
+    let dir = tmp.sub("read")?;
+    let path = dir.join("big.log");
+    let lines = o.read_line + o.read_line / 20;
+    {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&path)?);
+        for i in 1..=lines {
+            writeln!(f, "line {i:>9} of a large log file, with some text")?;
+        }
+        f.flush()?;
+    }
+    let size = fs::metadata(&path)?.len();
+    let state = tmp.sub("read-state")?;
+    let (server, addr) = start_http(&o.server, &state, &[])?;
+    let mut c = HttpClient::new(addr);
+    c.initialize()?;
+    let target = o.read_line;
+    let mut page = |line: u64| -> Result<Duration> {
+        let args = json!({"action": "read", "path": path, "offset": line, "limit": 50});
+        let (d, r) = timed(|| c.call("file", args))?;
+        let want = format!("{line:>6}\tline {line:>9} of");
+        let text = r["structuredContent"]["content"].as_str().unwrap_or_default();
+        if !text.starts_with(&want) {
+            return err(format!("page at line {line} starts {:?}", &text[..text.len().min(60)]));
+        }
+        Ok(d)
+    };
+    let cold = page(target)?;
+    let mut rng = Rng(7);
+    let warm: Vec<Duration> = (0..o.page_reads)
+        .map(|_| page(target - rng.below(100_000) as u64))
+        .collect::<Result<_>>()?;
+    let warm = Samples::new(warm);
+    let (d, r) = timed(|| {
+        c.call(
+            "file",
+            json!({"action": "grep", "path": dir, "fixed": true,
+                   "pattern": format!("line {:>9} of", target - 1)}),
+        )
+    })?;
+    if r["structuredContent"]["total_matches"].as_u64() != Some(1) {
+        return err(format!("grep of the large file returned {}", r["structuredContent"]));
+    }
+    let hwm = mem(server.pid()).map_or(0, |m| m.1);
+    let what = format!("{:.0} MiB, {lines} lines", mib(size));
+    rep.info(
+        format!("file read at line {target} of {what}: first call (builds the index)"),
+        format!("{:.1} ms", ms(cold)),
+    );
+    rep.check(
+        format!("file read near line {target}, indexed, p50 / p99 (n={})", o.page_reads),
+        format!("{:.2} / {:.2} ms", ms(warm.pct(50.0)), ms(warm.pct(99.0))),
+        "<= 20 ms",
+        ms(warm.pct(50.0)) <= 20.0,
+    );
+    rep.info(
+        format!("file grep of the {:.0} MiB file through the server", mib(size)),
+        format!("{:.0} ms", ms(d)),
+    );
+    rep.check(
+        "server peak RSS across file reads and grep (VmHWM)",
+        format!("{:.1} MiB", mib(hwm)),
+        "<= 64 MiB",
+        mib(hwm) <= 64.0,
+    );
+    drop(server);
+    fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 
 /// The 1, 5 and 15 minute load averages.
@@ -1610,13 +1687,14 @@ fn main() -> std::process::ExitCode {
     let mut rep = Report::default();
     let load0 = loadavg();
     type Section = fn(&mut Report, &Opts, &TempDir) -> Result<()>;
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("HTTP round trips", bench_http),
         ("spawn floor", bench_floor),
         ("stdio round trips", bench_stdio),
         ("spool", bench_spool),
         ("server memory", bench_memory),
         ("file grep", bench_grep),
+        ("file read", bench_file_read),
     ];
     for (name, f) in sections {
         if o.only
