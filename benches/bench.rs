@@ -1602,9 +1602,14 @@ fn bench_file_read(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
         let args = json!({"action": "read", "path": path, "offset": line, "limit": 50});
         let (d, r) = timed(|| c.call("file", args))?;
         let want = format!("{line:>6}\tline {line:>9} of");
-        let text = r["structuredContent"]["content"].as_str().unwrap_or_default();
+        let text = r["structuredContent"]["content"]
+            .as_str()
+            .unwrap_or_default();
         if !text.starts_with(&want) {
-            return err(format!("page at line {line} starts {:?}", &text[..text.len().min(60)]));
+            return err(format!(
+                "page at line {line} starts {:?}",
+                &text[..text.len().min(60)]
+            ));
         }
         Ok(d)
     };
@@ -1622,7 +1627,10 @@ fn bench_file_read(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
         )
     })?;
     if r["structuredContent"]["total_matches"].as_u64() != Some(1) {
-        return err(format!("grep of the large file returned {}", r["structuredContent"]));
+        return err(format!(
+            "grep of the large file returned {}",
+            r["structuredContent"]
+        ));
     }
     let hwm = mem(server.pid()).map_or(0, |m| m.1);
     let what = format!("{:.0} MiB, {lines} lines", mib(size));
@@ -1631,13 +1639,19 @@ fn bench_file_read(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
         format!("{:.1} ms", ms(cold)),
     );
     rep.check(
-        format!("file read near line {target}, indexed, p50 / p99 (n={})", o.page_reads),
+        format!(
+            "file read near line {target}, indexed, p50 / p99 (n={})",
+            o.page_reads
+        ),
         format!("{:.2} / {:.2} ms", ms(warm.pct(50.0)), ms(warm.pct(99.0))),
         "<= 20 ms",
         ms(warm.pct(50.0)) <= 20.0,
     );
     rep.info(
-        format!("file grep of the {:.0} MiB file through the server", mib(size)),
+        format!(
+            "file grep of the {:.0} MiB file through the server",
+            mib(size)
+        ),
         format!("{:.0} ms", ms(d)),
     );
     rep.check(

@@ -28,6 +28,11 @@ pub struct StatResult {
     pub mode: String,
     pub uid: u32,
     pub gid: u32,
+    /// User and group names from /etc/passwd and /etc/group, when listed there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Unix seconds.
     pub mtime: i64,
     pub atime: i64,
@@ -69,11 +74,23 @@ pub fn stat(scope: &Scope, path: &Path, sha256: bool) -> Result<StatResult, File
         mode: format!("{:04o}", st.st_mode & 0o7777),
         uid: st.st_uid,
         gid: st.st_gid,
+        owner: name_of("/etc/passwd", st.st_uid),
+        group: name_of("/etc/group", st.st_gid),
         mtime: st.st_mtime,
         atime: st.st_atime,
         ctime: st.st_ctime,
         link_target,
         sha256,
+    })
+}
+
+/// The name with this numeric id in an /etc/passwd-style file (`name:x:id:…`).
+fn name_of(db: &str, id: u32) -> Option<String> {
+    let text = std::fs::read_to_string(db).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_owned())
     })
 }
 
@@ -431,6 +448,9 @@ mod tests {
         let want = super::super::write::hex(&sha2::Sha256::digest(b"gee"));
         assert_eq!(s.sha256, Some(want));
         assert_eq!(stat(&scope, &root.join("d"), false).unwrap().kind, "dir");
+        // Whoever runs the tests owns what they create; root is always uid 0.
+        assert_eq!(name_of("/etc/passwd", 0).as_deref(), Some("root"));
+        assert_eq!(s.owner, name_of("/etc/passwd", s.uid));
     }
 
     #[test]
