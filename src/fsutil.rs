@@ -12,3 +12,22 @@ pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
         .create(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
+
+/// Read into `buf` from offset `at` until it is full or the file ends;
+/// returns the bytes read.
+pub fn read_full_at(file: &std::fs::File, buf: &mut [u8], mut at: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], at) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                at += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}

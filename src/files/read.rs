@@ -175,7 +175,8 @@ pub fn read(
                 .min(max)
                 .min(size.saturating_sub(offset));
             let mut buf = vec![0u8; want as usize];
-            let got = read_at(&file, &mut buf, offset).map_err(|e| FileError::io(path, e))?;
+            let got = crate::fsutil::read_full_at(&file, &mut buf, offset)
+                .map_err(|e| FileError::io(path, e))?;
             buf.truncate(got);
             result.encoding = "base64";
             result.content = base64::engine::general_purpose::STANDARD.encode(&buf);
@@ -186,7 +187,8 @@ pub fn read(
         }
         ReadRange::Lines { offset, limit } => {
             let mut head = vec![0u8; SNIFF.min(size as usize)];
-            let got = read_at(&file, &mut head, 0).map_err(|e| FileError::io(path, e))?;
+            let got = crate::fsutil::read_full_at(&file, &mut head, 0)
+                .map_err(|e| FileError::io(path, e))?;
             if memchr::memchr(0, &head[..got]).is_some() {
                 return Err(binary(path, size));
             }
@@ -244,7 +246,7 @@ fn seek_line(file: &File, ix: &mut Index, target: u64) -> Result<(u64, u64), See
     let deadline = Instant::now() + INDEX_TIME;
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let got = read_at(file, &mut buf, pos).map_err(Seek::Io)?;
+        let got = crate::fsutil::read_full_at(file, &mut buf, pos).map_err(Seek::Io)?;
         if got == 0 {
             // The end: a final line without a newline still counts.
             let total = if pos > 0 && last_byte(file, pos).map_err(Seek::Io)? != b'\n' {
@@ -291,7 +293,8 @@ fn page(
     let mut buf = vec![0u8; CHUNK.min(budget + 1024).max(4096)];
     result.start_line = Some(line);
     while line < end_line && at < size {
-        let got = read_at(file, &mut buf, at).map_err(|e| FileError::io(path, e))?;
+        let got =
+            crate::fsutil::read_full_at(file, &mut buf, at).map_err(|e| FileError::io(path, e))?;
         if got == 0 {
             break;
         }
@@ -342,7 +345,7 @@ fn page(
 fn next_newline(file: &File, mut pos: u64) -> std::io::Result<Option<u64>> {
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let got = read_at(file, &mut buf, pos)?;
+        let got = crate::fsutil::read_full_at(file, &mut buf, pos)?;
         if got == 0 {
             return Ok(None);
         }
@@ -357,22 +360,6 @@ fn last_byte(file: &File, end: u64) -> std::io::Result<u8> {
     let mut b = [0u8; 1];
     file.read_exact_at(&mut b, end - 1)?;
     Ok(b[0])
-}
-
-fn read_at(file: &File, buf: &mut [u8], mut at: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], at) {
-            Ok(0) => break,
-            Ok(n) => {
-                got += n;
-                at += n as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 fn floor_char_boundary(s: &str, max: usize) -> usize {
@@ -394,6 +381,10 @@ fn binary(path: &Path, size: u64) -> FileError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(offset: u64, limit: u64) -> ReadRange {
+        ReadRange::Lines { offset, limit }
+    }
 
     fn lines(r: &ReadResult) -> Vec<String> {
         r.content
@@ -425,17 +416,7 @@ mod tests {
         let mut offset = 1;
         let mut pages = 0;
         loop {
-            let r = read(
-                &scope,
-                &ix,
-                &p,
-                &ReadRange::Lines {
-                    offset,
-                    limit: 1000,
-                },
-                8192,
-            )
-            .unwrap();
+            let r = read(&scope, &ix, &p, &at(offset, 1000), 8192).unwrap();
             assert!(r.content.len() <= 8192, "page within budget");
             for l in lines(&r) {
                 got.push_str(&l);
@@ -456,17 +437,7 @@ mod tests {
         assert_eq!(got, text);
         assert!(pages > 20);
         // Deep pages come from the index and number lines right.
-        let r = read(
-            &scope,
-            &ix,
-            &p,
-            &ReadRange::Lines {
-                offset: 12_345,
-                limit: 2,
-            },
-            8192,
-        )
-        .unwrap();
+        let r = read(&scope, &ix, &p, &at(12_345, 2), 8192).unwrap();
         assert_eq!(r.start_line, Some(12_345));
         assert!(
             r.content.starts_with(" 12345\tline 12345 "),
@@ -479,30 +450,10 @@ mod tests {
     fn a_last_line_without_newline_and_past_the_end() {
         let (_t, scope, p) = setup(b"a\nb\nc");
         let ix = LineIndexes::default();
-        let r = read(
-            &scope,
-            &ix,
-            &p,
-            &ReadRange::Lines {
-                offset: 1,
-                limit: 10,
-            },
-            4096,
-        )
-        .unwrap();
+        let r = read(&scope, &ix, &p, &at(1, 10), 4096).unwrap();
         assert_eq!(lines(&r), ["a", "b", "c"]);
         assert_eq!(r.next_offset, None);
-        let r = read(
-            &scope,
-            &ix,
-            &p,
-            &ReadRange::Lines {
-                offset: 9,
-                limit: 10,
-            },
-            4096,
-        )
-        .unwrap();
+        let r = read(&scope, &ix, &p, &at(9, 10), 4096).unwrap();
         assert_eq!((r.content.as_str(), r.total_lines), ("", Some(3)));
     }
 
@@ -513,32 +464,12 @@ mod tests {
         content.extend(b"\nafter\n");
         let (_t, scope, p) = setup(&content);
         let ix = LineIndexes::default();
-        let r = read(
-            &scope,
-            &ix,
-            &p,
-            &ReadRange::Lines {
-                offset: 2,
-                limit: 5,
-            },
-            1000,
-        )
-        .unwrap();
+        let r = read(&scope, &ix, &p, &at(2, 5), 1000).unwrap();
         let cut = r.cut_line.clone().unwrap();
         assert_eq!((cut.line, cut.byte_offset), (2, 6));
         assert!(r.content.len() <= 1000 + 16);
         assert_eq!(r.next_offset, Some(3));
-        let r = read(
-            &scope,
-            &ix,
-            &p,
-            &ReadRange::Lines {
-                offset: 3,
-                limit: 5,
-            },
-            1000,
-        )
-        .unwrap();
+        let r = read(&scope, &ix, &p, &at(3, 5), 1000).unwrap();
         assert_eq!(lines(&r), ["after"]);
     }
 
@@ -547,17 +478,7 @@ mod tests {
         let content: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
         let (_t, scope, p) = setup(&content);
         let ix = LineIndexes::default();
-        let err = read(
-            &scope,
-            &ix,
-            &p,
-            &ReadRange::Lines {
-                offset: 1,
-                limit: 10,
-            },
-            4096,
-        )
-        .unwrap_err();
+        let err = read(&scope, &ix, &p, &at(1, 10), 4096).unwrap_err();
         assert!(err.to_string().contains("base64"), "{err}");
         let mut got = Vec::new();
         let mut offset = 0;
@@ -608,17 +529,7 @@ mod tests {
             t.path().to_str().unwrap(),
         ] {
             let started = Instant::now();
-            let err = read(
-                &scope,
-                &ix,
-                Path::new(p),
-                &ReadRange::Lines {
-                    offset: 1,
-                    limit: 10,
-                },
-                4096,
-            )
-            .unwrap_err();
+            let err = read(&scope, &ix, Path::new(p), &at(1, 10), 4096).unwrap_err();
             assert!(started.elapsed() < Duration::from_secs(2));
             assert!(matches!(err, FileError::Invalid(_)), "{p}: {err}");
         }
@@ -628,31 +539,11 @@ mod tests {
     fn a_changed_file_is_reindexed() {
         let (_t, scope, p) = setup(&"x\n".repeat(10_000).into_bytes());
         let ix = LineIndexes::default();
-        let r = read(
-            &scope,
-            &ix,
-            &p,
-            &ReadRange::Lines {
-                offset: 9_000,
-                limit: 1,
-            },
-            4096,
-        )
-        .unwrap();
+        let r = read(&scope, &ix, &p, &at(9_000, 1), 4096).unwrap();
         assert_eq!(r.start_line, Some(9_000));
         let new: String = (1..=12_000).map(|i| format!("new {i}\n")).collect();
         std::fs::write(&p, new).unwrap();
-        let r = read(
-            &scope,
-            &ix,
-            &p,
-            &ReadRange::Lines {
-                offset: 9_000,
-                limit: 1,
-            },
-            4096,
-        )
-        .unwrap();
+        let r = read(&scope, &ix, &p, &at(9_000, 1), 4096).unwrap();
         assert_eq!(lines(&r), ["new 9000"]);
         assert_eq!(r.start_line, Some(9_000));
     }

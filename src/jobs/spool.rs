@@ -19,7 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Distance between line-index entries. Segment sizes are multiples of it.
@@ -263,7 +263,7 @@ impl SpoolReader {
             let file = File::open(segment_path(&self.dir, n))?;
             let start = out.len();
             out.resize(start + want, 0);
-            let got = read_full_at(&file, &mut out[start..], within)?;
+            let got = crate::fsutil::read_full_at(&file, &mut out[start..], within)?;
             out.truncate(start + got);
             if got < want {
                 break;
@@ -336,22 +336,6 @@ fn read_meta(dir: &Path) -> io::Result<Option<u64>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-fn read_full_at(file: &File, buf: &mut [u8], mut at: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], at) {
-            Ok(0) => break,
-            Ok(n) => {
-                got += n;
-                at += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 #[cfg(test)]
