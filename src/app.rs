@@ -26,7 +26,7 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Jobs(#[from] JobError),
-    #[error("file roots: {0}")]
+    #[error("file roots")]
     Files(#[from] crate::files::FileError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
