@@ -1456,18 +1456,10 @@ fn bench_grep(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
 
     let scope = Scope::unconfined(dir.clone());
     let opts = GrepOptions {
-        pattern: RARE.into(),
-        fixed: false,
         // What rg does without flags (Smart would search case-insensitively
         // here, which is slower for both).
         case: Case::Sensitive,
-        word: false,
-        globs: Vec::new(),
-        hidden: false,
-        gitignore: true,
-        context: 0,
-        offset: 0,
-        limit: 100,
+        ..GrepOptions::new(RARE)
     };
     let ours = || -> Result<()> {
         let r = grep::grep(&scope, &dir, &opts, PAGE)?;

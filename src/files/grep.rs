@@ -72,6 +72,25 @@ pub struct GrepOptions {
     pub limit: usize,
 }
 
+impl GrepOptions {
+    /// A search for `pattern` as the tool does it by default: a regex, smart
+    /// case, ignore files honoured, no context, the first 100 matches.
+    pub fn new(pattern: impl Into<String>) -> GrepOptions {
+        GrepOptions {
+            pattern: pattern.into(),
+            fixed: false,
+            case: Case::Smart,
+            word: false,
+            globs: Vec::new(),
+            hidden: false,
+            gitignore: true,
+            context: 0,
+            offset: 0,
+            limit: 100,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Line {
     pub line: u64,
@@ -659,16 +678,8 @@ mod tests {
 
     fn opts(pattern: &str) -> GrepOptions {
         GrepOptions {
-            pattern: pattern.to_owned(),
-            fixed: false,
-            case: Case::Smart,
-            word: false,
-            globs: Vec::new(),
-            hidden: false,
-            gitignore: true,
-            context: 0,
-            offset: 0,
             limit: 10_000,
+            ..GrepOptions::new(pattern)
         }
     }
 

@@ -12,7 +12,7 @@ use rmcp::model::{CallToolResult, ContentBlock, Tool, ToolAnnotations};
 use rmcp::schemars::{self, JsonSchema};
 use serde::{Deserialize, Serialize};
 
-use super::tool_error;
+use super::{define_input_tool, tool_error};
 use crate::config::JobsConfig;
 use crate::files::grep::{Case, GrepOptions};
 
@@ -181,7 +181,7 @@ pub(crate) struct EditParam {
 }
 
 pub(crate) fn read_tool() -> Tool {
-    tool::<FileParams>(
+    define_input_tool::<FileParams>(
         "file",
         "Read files without changing anything. action=read: numbered lines from `offset` (1-based) within a byte \
          budget, with next_offset to continue (binary files: encoding=base64 with byte_offset); action=list: \
@@ -197,7 +197,7 @@ pub(crate) fn read_tool() -> Tool {
 }
 
 pub(crate) fn write_tool() -> Tool {
-    tool::<FileWriteParams>(
+    define_input_tool::<FileWriteParams>(
         "file_write",
         "Change files. action=write: replace the content atomically (temp file + rename; mode kept; parents \
          created; if_hash = expected current sha256); append; edit: exact-string replacements, each unique or \
@@ -210,15 +210,6 @@ pub(crate) fn write_tool() -> Tool {
             .idempotent(false)
             .open_world(false),
     )
-}
-
-fn tool<P: JsonSchema + 'static>(
-    name: &'static str,
-    description: &'static str,
-    annotations: ToolAnnotations,
-) -> Tool {
-    use rmcp::handler::server::common::schema_for_type;
-    Tool::new(name, description, schema_for_type::<P>()).annotate(annotations)
 }
 
 pub(crate) async fn call_read(
@@ -267,21 +258,25 @@ pub(crate) async fn call_read(
                 let Some(pattern) = p.pattern.filter(|s| !s.is_empty()) else {
                     return Err(FileError::Invalid("grep needs a pattern".into()));
                 };
+                let defaults = GrepOptions::new(pattern);
                 let opts = GrepOptions {
-                    pattern,
-                    fixed: p.fixed.unwrap_or(false),
-                    case: match p.case.unwrap_or(CaseParam::Smart) {
-                        CaseParam::Smart => Case::Smart,
-                        CaseParam::Sensitive => Case::Sensitive,
-                        CaseParam::Insensitive => Case::Insensitive,
+                    fixed: p.fixed.unwrap_or(defaults.fixed),
+                    case: match p.case {
+                        None => defaults.case,
+                        Some(CaseParam::Smart) => Case::Smart,
+                        Some(CaseParam::Sensitive) => Case::Sensitive,
+                        Some(CaseParam::Insensitive) => Case::Insensitive,
                     },
-                    word: p.word.unwrap_or(false),
+                    word: p.word.unwrap_or(defaults.word),
                     globs: p.globs.unwrap_or_default(),
-                    hidden: p.hidden.unwrap_or(false),
-                    gitignore: p.gitignore.unwrap_or(true),
+                    hidden: p.hidden.unwrap_or(defaults.hidden),
+                    gitignore: p.gitignore.unwrap_or(defaults.gitignore),
                     context: p.context.unwrap_or(0).min(10),
                     offset: p.offset.unwrap_or(0) as usize,
-                    limit: p.limit.unwrap_or(100).clamp(1, 10_000) as usize,
+                    limit: p
+                        .limit
+                        .map_or(defaults.limit, |l| l.clamp(1, 10_000) as usize),
+                    ..defaults
                 };
                 let g = grep::grep(&files.scope, &path, &opts, budget)?;
                 (render_grep(&g), json(&g))

@@ -132,9 +132,19 @@ where
     R: rmcp::schemars::JsonSchema + 'static,
 {
     use rmcp::handler::server::common::schema_for_type;
-    Tool::new(name, description, schema_for_type::<P>())
+    define_input_tool::<P>(name, description, annotations)
         .with_raw_output_schema(schema_for_type::<R>())
-        .annotate(annotations)
+}
+
+/// A tool definition from its parameter type alone, for results whose shape
+/// depends on the action (no output schema).
+fn define_input_tool<P: rmcp::schemars::JsonSchema + 'static>(
+    name: &'static str,
+    description: &'static str,
+    annotations: ToolAnnotations,
+) -> Tool {
+    use rmcp::handler::server::common::schema_for_type;
+    Tool::new(name, description, schema_for_type::<P>()).annotate(annotations)
 }
 
 /// Annotations of a tool that runs or controls commands: anything may happen.
