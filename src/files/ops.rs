@@ -444,8 +444,7 @@ mod tests {
         let s = stat(&scope, &root.join("d/g"), true).unwrap();
         assert_eq!(s.kind, "file");
         assert_eq!(s.size, 3);
-        use sha2::Digest;
-        let want = super::super::write::hex(&sha2::Sha256::digest(b"gee"));
+        let want = crate::crypto::sha256_hex(b"gee");
         assert_eq!(s.sha256, Some(want));
         assert_eq!(stat(&scope, &root.join("d"), false).unwrap().kind, "dir");
         // Whoever runs the tests owns what they create; root is always uid 0.

@@ -76,7 +76,7 @@ pub fn write(
     Ok(Written {
         path: path.display().to_string(),
         bytes: content.len() as u64,
-        sha256: Some(hex(&sha2::Sha256::digest(content))),
+        sha256: Some(crate::crypto::sha256_hex(content)),
         created: existing.is_none(),
         replacements: None,
     })
@@ -141,7 +141,7 @@ pub fn edit(
         .read_to_end(&mut raw)
         .map_err(|e| FileError::io(path, e))?;
     if let Some(want) = if_hash {
-        let have = hex(&sha2::Sha256::digest(&raw));
+        let have = crate::crypto::sha256_hex(&raw);
         if !have.eq_ignore_ascii_case(want) {
             return Err(hash_mismatch(path, want, &have));
         }
@@ -196,7 +196,7 @@ pub fn edit(
     Ok(Written {
         path: path.display().to_string(),
         bytes: text.len() as u64,
-        sha256: Some(hex(&sha2::Sha256::digest(text.as_bytes()))),
+        sha256: Some(crate::crypto::sha256_hex(text.as_bytes())),
         created: false,
         replacements: Some(replaced),
     })
@@ -283,12 +283,10 @@ pub(super) fn temp_file(
 ) -> Result<(std::ffi::OsString, OwnedFd), FileError> {
     for _ in 0..8 {
         let mut rnd = [0u8; 6];
-        // getrandom(2) never returns short for requests this small.
-        rustix::rand::getrandom(&mut rnd, rustix::rand::GetRandomFlags::empty())
-            .map_err(|e| FileError::io(path, e))?;
+        crate::crypto::random_bytes(&mut rnd);
         let mut tmp = std::ffi::OsString::from(".");
         tmp.push(name);
-        tmp.push(format!(".mcpsh-{}.tmp", hex(&rnd)));
+        tmp.push(format!(".mcpsh-{}.tmp", crate::crypto::hex(&rnd)));
         match rustix::fs::openat(
             dir,
             &tmp,
@@ -353,11 +351,7 @@ pub(super) fn sha256_fd(fd: &OwnedFd) -> std::io::Result<String> {
             Err(e) => return Err(e),
         }
     }
-    Ok(hex(&h.finalize()))
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(crate::crypto::hex(&h.finalize()))
 }
 
 /// Where `old` nearly matches: the same text with whitespace ignored, or the

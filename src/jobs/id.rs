@@ -14,25 +14,12 @@ pub fn new_id(title: Option<&str>, cmd: &str) -> String {
         .or_else(|| first_word(cmd))
         .unwrap_or_else(|| "job".to_owned());
     let mut rnd = [0u8; 4];
-    random_bytes(&mut rnd);
+    crate::crypto::random_bytes(&mut rnd);
     let suffix: String = rnd
         .iter()
         .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
         .collect();
     format!("{word}-{suffix}")
-}
-
-/// Fill `buf` from the kernel's CSPRNG.
-pub fn random_bytes(buf: &mut [u8]) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
-            Ok(n) => filled += n,
-            Err(rustix::io::Errno::INTR) => {}
-            // getrandom(2) only fails on kernels older than 3.17; nothing sane to do.
-            Err(e) => panic!("getrandom failed: {e}"),
-        }
-    }
 }
 
 fn first_word(cmd: &str) -> Option<String> {

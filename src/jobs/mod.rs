@@ -46,13 +46,7 @@ pub enum JobError {
     Io(#[from] std::io::Error),
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::store::now_ms;
 
 /// Lock a mutex, carrying on if a panicking thread poisoned it: every value
 /// guarded in this module stays consistent between statements.

@@ -32,6 +32,83 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_status ON jobs (status);",
     // 2: bytes each finished job's spool holds on disk, so the quota needs no directory walk
     "ALTER TABLE jobs ADD COLUMN spool_bytes INTEGER NOT NULL DEFAULT 0;",
+    // 3: users, OAuth clients, codes, grants (token families), tokens and the audit log.
+    // Secrets (tokens, codes, client secrets) are stored only as SHA-256 hex.
+    "CREATE TABLE users (
+        name       TEXT PRIMARY KEY,
+        phc        TEXT NOT NULL,
+        scopes     TEXT NOT NULL,
+        hosts      TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE oauth_clients (
+        client_id     TEXT PRIMARY KEY,
+        secret_hash   TEXT,
+        name          TEXT,
+        redirect_uris TEXT NOT NULL,
+        auth_method   TEXT NOT NULL,
+        scope         TEXT,
+        from_url      INTEGER NOT NULL DEFAULT 0,
+        created_ms    INTEGER NOT NULL
+    );
+    CREATE TABLE grants (
+        id            TEXT PRIMARY KEY,
+        user_name     TEXT NOT NULL,
+        client_id     TEXT NOT NULL,
+        scopes        TEXT NOT NULL,
+        hosts         TEXT NOT NULL,
+        resource      TEXT NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        refreshed_ms  INTEGER,
+        expires_ms    INTEGER NOT NULL,
+        revoked_ms    INTEGER,
+        revoke_reason TEXT
+    );
+    CREATE TABLE auth_codes (
+        hash         TEXT PRIMARY KEY,
+        grant_id     TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        challenge    TEXT NOT NULL,
+        expires_ms   INTEGER NOT NULL,
+        used_ms      INTEGER
+    );
+    CREATE TABLE tokens (
+        hash         TEXT PRIMARY KEY,
+        id           TEXT NOT NULL UNIQUE,
+        kind         TEXT NOT NULL,
+        name         TEXT,
+        user_name    TEXT NOT NULL,
+        client_id    TEXT,
+        grant_id     TEXT,
+        scopes       TEXT NOT NULL,
+        hosts        TEXT NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        expires_ms   INTEGER,
+        used_ms      INTEGER,
+        revoked_ms   INTEGER,
+        last_seen_ms INTEGER
+    );
+    CREATE INDEX tokens_grant ON tokens (grant_id);
+    CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY,
+        ts_ms       INTEGER NOT NULL,
+        event       TEXT NOT NULL,
+        user_name   TEXT,
+        token_id    TEXT,
+        client_id   TEXT,
+        source      TEXT,
+        tool        TEXT,
+        action      TEXT,
+        host        TEXT,
+        target      TEXT,
+        outcome     TEXT NOT NULL,
+        exit_code   INTEGER,
+        bytes       INTEGER,
+        duration_ms INTEGER,
+        detail      TEXT
+    );
+    CREATE INDEX audit_ts ON audit (ts_ms);",
 ];
 
 pub(super) fn apply(conn: &Connection) -> Result<(), StoreError> {

@@ -1,11 +1,18 @@
 //! SQLite state: the only module that writes SQL.
 //!
-//! Holds the `jobs` table (one row per `bash` call) behind a small typed API.
+//! Holds the `jobs` table (one row per `bash` call), users, OAuth clients,
+//! grants and tokens (`auth.rs`) and the audit log (`audit.rs`) behind a small
+//! typed API.
 //! The database file is created 0600 before SQLite opens it, so `-wal`/`-shm`
 //! inherit the mode. Migrations are embedded and append-only. This module knows
 //! nothing about processes, MCP or HTTP.
 
+mod audit;
+mod auth;
 mod migrations;
+
+pub use audit::{AuditEnd, AuditFilter, AuditRow};
+pub use auth::{ACCESS, ClientRow, CodeRow, GrantRow, PAT, REFRESH, Take, TokenFound, TokenRow, UserRow};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -136,6 +143,14 @@ pub struct JobEnd {
     pub ended_ms: i64,
     pub total_bytes: u64,
     pub total_lines: u64,
+}
+
+/// Milliseconds since the Unix epoch: the unit of every stored time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Filter for [`Store::list_jobs`].
