@@ -9,6 +9,8 @@ use tokio_util::task::TaskTracker;
 
 use std::sync::Arc;
 
+use crate::audit::Audit;
+use crate::auth::{Auth, AuthConfig, Principal};
 use crate::config::Config;
 use crate::files::Files;
 use crate::jobs::{JobError, Jobs};
@@ -37,11 +39,32 @@ pub enum AppError {
     Io(#[from] std::io::Error),
 }
 
+/// How `serve` runs its HTTP front.
+pub struct HttpOptions {
+    /// Extra `Host` names to accept.
+    pub extra_hosts: Vec<String>,
+    /// The URL clients use (also the OAuth issuer).
+    pub public_url: Option<String>,
+    /// OAuth and bearer tokens; None only for `--insecure-no-auth`.
+    pub auth: Option<AuthConfig>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The OS user running mcpsh: who "the owner" is in the audit log.
+fn local_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("uid-{}", rustix::process::getuid().as_raw()))
+}
+
 /// A running mcpsh core: state, the job engine, and shutdown plumbing.
 pub struct App {
     pub config: Config,
     pub jobs: Jobs,
     pub files: Arc<Files>,
+    pub store: Store,
+    pub audit: Audit,
     pub tracker: TaskTracker,
     pub cancel: CancellationToken,
 }
@@ -65,7 +88,7 @@ impl App {
         let jobs = Jobs::new(
             config.jobs.clone(),
             config.jobs_dir(),
-            store,
+            store.clone(),
             exe,
             tracker.clone(),
             cancel.clone(),
@@ -80,32 +103,52 @@ impl App {
             config,
             jobs,
             files,
+            audit: Audit::new(store.clone()),
+            store,
             tracker,
             cancel,
         })
     }
 
-    /// Serve Streamable HTTP on `listener` until [`App::shutdown`].
+    fn services(&self, default_principal: Option<Principal>) -> crate::mcp::Services {
+        crate::mcp::Services {
+            jobs: self.jobs.clone(),
+            files: self.files.clone(),
+            audit: self.audit.clone(),
+            default_principal,
+        }
+    }
+
+    /// Serve Streamable HTTP on `listener` until [`App::shutdown`]. With
+    /// `opts.auth`, `/mcp` needs a bearer and the OAuth routes are served;
+    /// without it every caller is the owner (loopback testing only).
     pub async fn serve_http(
         &self,
         listener: tokio::net::TcpListener,
-        extra_hosts: &[String],
+        opts: HttpOptions,
     ) -> Result<(), AppError> {
         let addr = listener.local_addr()?;
-        let guard = crate::http::Guard::for_addr(addr, extra_hosts);
-        let service = crate::mcp::http_service(
-            self.jobs.clone(),
-            self.files.clone(),
-            self.cancel.child_token(),
-        );
-        let router = crate::http::router(service, guard);
-        crate::http::run(listener, router, self.cancel.clone()).await?;
+        let mut guard = crate::http::Guard::for_addr(addr, &opts.extra_hosts);
+        if let Some(url) = &opts.public_url {
+            guard = guard.with_public_url(url);
+        }
+        let auth = opts
+            .auth
+            .map(|cfg| Auth::new(self.store.clone(), self.audit.clone(), cfg));
+        let owner = auth.is_none().then(|| Principal::owner(local_user()));
+        let service = crate::mcp::http_service(self.services(owner), self.cancel.child_token());
+        let router = crate::http::router(service, guard, auth);
+        match opts.tls {
+            Some(tls) => crate::http::tls::run_tls(listener, tls, router, self.cancel.clone()).await?,
+            None => crate::http::run(listener, router, self.cancel.clone()).await?,
+        }
         Ok(())
     }
 
-    /// Serve MCP on stdin/stdout until the client disconnects.
+    /// Serve MCP on stdin/stdout until the client disconnects. The client
+    /// that spawned mcpsh is the owner.
     pub async fn serve_stdio(&self) -> Result<(), AppError> {
-        crate::mcp::serve_stdio(self.jobs.clone(), self.files.clone()).await?;
+        crate::mcp::serve_stdio(self.services(Some(Principal::owner(local_user())))).await?;
         Ok(())
     }
 

@@ -2,13 +2,17 @@
 //!
 //! Layout (see ARCHITECTURE.md): `cli` parses commands and calls `app`, the
 //! composition root, which wires `mcp` (tools, rmcp) and `http` (axum) to the
-//! `jobs` engine over `host` and `store`. `config`, `telemetry` and `fsutil` are leaves.
+//! `jobs` engine over `host` and `store`; `auth` (users, OAuth, scopes) and
+//! `audit` sit under `http`/`mcp`. `config`, `telemetry`, `fsutil` and `crypto` are leaves.
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod files;
 pub mod fsutil;
 pub mod host;

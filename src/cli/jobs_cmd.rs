@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
+use super::age;
 use crate::app::open_store;
 use crate::config::Config;
 use crate::jobs::proto::{Event, Request};
@@ -103,16 +104,6 @@ pub(crate) async fn list(config: Config, args: JobsArgs) -> anyhow::Result<ExitC
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn age(ms: i64) -> String {
-    let s = ms / 1000;
-    match s {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
 }
 
 fn find(store: &Store, id: &str) -> anyhow::Result<JobRow> {

@@ -2,6 +2,7 @@
 //! config and calls into `app`/`jobs`; the only place (with `main.rs`) that
 //! uses `anyhow`.
 
+mod auth_cmd;
 mod config_cmd;
 mod jobs_cmd;
 mod serve;
@@ -49,6 +50,17 @@ enum Command {
         #[command(subcommand)]
         action: config_cmd::ConfigAction,
     },
+    /// Create a user who can log in to `serve`, or change its password.
+    SetAuth(auth_cmd::SetAuthArgs),
+    /// Bearer tokens for headless clients.
+    Token {
+        #[command(subcommand)]
+        action: auth_cmd::TokenAction,
+    },
+    /// OAuth logins per user and client, with expiry (never token values).
+    Sessions(auth_cmd::SessionsArgs),
+    /// Read the audit log: tool calls and security events.
+    Audit(auth_cmd::AuditArgs),
 }
 
 /// Parse arguments and run; returns the process exit code.
@@ -82,6 +94,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(args) => jobs_cmd::list(config, args).await,
         Command::Job { action } => jobs_cmd::act(config, action).await,
         Command::Config { action } => config_cmd::run(config, action),
+        Command::SetAuth(args) => auth_cmd::set_auth(config, args),
+        Command::Token { action } => auth_cmd::token(config, action),
+        Command::Sessions(args) => auth_cmd::sessions(config, args),
+        Command::Audit(args) => auth_cmd::audit(config, args).await,
     }
 }
 
@@ -103,4 +119,32 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 /// The running binary, which doubles as the job zygote.
 fn current_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot locate the mcpsh binary: {e}"))
+}
+
+/// A short human age: 42s, 5m, 3h, 2d.
+pub(crate) fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Parse a span such as `90s`, `10m`, `12h`, `30d` or `2w`.
+pub(crate) fn parse_span(s: &str) -> anyhow::Result<std::time::Duration> {
+    let unit = s.chars().last().unwrap_or(' ');
+    let n: u64 = s[..s.len() - unit.len_utf8().min(s.len())]
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad time span {s:?}: use a number and a unit, like 90s, 10m, 12h, 30d or 2w"))?;
+    let secs = match unit {
+        's' => n,
+        'm' => n * 60,
+        'h' => n * 3600,
+        'd' => n * 86_400,
+        'w' => n * 7 * 86_400,
+        _ => anyhow::bail!("bad time span {s:?}: the unit must be s, m, h, d or w"),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }

@@ -1,7 +1,12 @@
 //! HTTP front: the only module that knows axum. Routes `/mcp` to the MCP
-//! service and checks `Host` and `Origin` on every request (403 otherwise),
-//! which defeats DNS rebinding and cross-site requests to a loopback server.
+//! service (behind a bearer check when auth is on), serves the OAuth routes
+//! (`oauth.rs`, `page.rs`), and checks `Host` and `Origin` on every request
+//! (403 otherwise), which defeats DNS rebinding and cross-site requests.
 //! It never spawns processes or touches state itself.
+
+mod oauth;
+mod page;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -66,6 +71,28 @@ impl Guard {
         Guard { hosts, origins }
     }
 
+    /// Also accept the host of the public URL (`scheme://host[:port]`) and
+    /// its origin, as a browser or a proxy presents them.
+    pub fn with_public_url(mut self, url: &str) -> Guard {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return self;
+        };
+        let authority = rest.split('/').next().unwrap_or(rest).to_ascii_lowercase();
+        let default_port = if scheme == "https" { "443" } else { "80" };
+        let bare = authority
+            .strip_suffix(&format!(":{default_port}"))
+            .unwrap_or(&authority)
+            .to_owned();
+        self.hosts.push(bare.clone());
+        self.hosts.push(if bare.ends_with(']') || !bare.contains(':') {
+            format!("{bare}:{default_port}")
+        } else {
+            bare.clone()
+        });
+        self.origins.push(format!("{scheme}://{bare}"));
+        self
+    }
+
     fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
         let host = headers
             .get(header::HOST)
@@ -100,7 +127,8 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
 }
 
 /// Build the router: `/mcp` goes to `mcp`, everything behind the guard.
-pub fn router<S, B>(mcp: S, g: Guard) -> Router
+/// With `auth`, `/mcp` needs a bearer and the OAuth routes are served.
+pub fn router<S, B>(mcp: S, g: Guard, auth: Option<crate::auth::Auth>) -> Router
 where
     S: tower_service::Service<
             Request<Body>,
@@ -114,9 +142,17 @@ where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    Router::new()
-        .route_service("/mcp", mcp)
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found; the MCP endpoint is /mcp") })
+    let mcp_route = Router::new().route_service("/mcp", mcp);
+    let app = match auth {
+        Some(auth) => mcp_route
+            .layer(middleware::from_fn_with_state(
+                auth.clone(),
+                oauth::require_bearer,
+            ))
+            .merge(oauth::routes(auth)),
+        None => mcp_route,
+    };
+    app.fallback(|| async { (StatusCode::NOT_FOUND, "not found; the MCP endpoint is /mcp") })
         .layer(middleware::from_fn_with_state(g, guard))
 }
 
@@ -126,8 +162,11 @@ pub async fn run(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
 

@@ -19,24 +19,45 @@ use tracing::Instrument;
 
 use std::sync::Arc;
 
+use crate::audit::{Audit, Call, Who};
+use crate::auth::{Principal, Scope};
 use crate::files::Files;
 use crate::jobs::Jobs;
+use crate::store::AuditEnd;
 
 const INSTRUCTIONS: &str = "mcpsh runs commands on real machines. `bash` runs a command as a job: it waits \
 up to `wait` seconds and returns the result, or a job id to follow with `job action=poll`. Output is \
 always bounded: an excerpt shows the head and tail and says exactly how to read what was left out. \
 Commands get stdin from /dev/null (no prompts), NO_COLOR=1 and PAGER=cat.";
 
+/// What every tool needs: the engines, the audit log, and who is calling
+/// when the transport does not say (stdio and `--insecure-no-auth`: the
+/// owner; with auth: nobody, so a request without a principal is refused).
+#[derive(Clone)]
+pub struct Services {
+    pub jobs: Jobs,
+    pub files: Arc<Files>,
+    pub audit: Audit,
+    pub default_principal: Option<Principal>,
+}
+
 /// The MCP server: cheap to clone, one per connection or request.
 #[derive(Clone)]
 pub struct McpServer {
     jobs: Jobs,
     files: Arc<Files>,
+    audit: Audit,
+    default_principal: Option<Principal>,
 }
 
 impl McpServer {
-    pub fn new(jobs: Jobs, files: Arc<Files>) -> McpServer {
-        McpServer { jobs, files }
+    pub fn new(s: Services) -> McpServer {
+        McpServer {
+            jobs: s.jobs,
+            files: s.files,
+            audit: s.audit,
+            default_principal: s.default_principal,
+        }
     }
 
     fn tools() -> Vec<Tool> {
@@ -47,6 +68,73 @@ impl McpServer {
             file::write_tool(),
         ]
     }
+
+    /// The caller: the principal `http/` attached to the request, else the
+    /// transport's default.
+    fn principal(&self, ctx: &RequestContext<RoleServer>) -> Result<Principal, ErrorData> {
+        ctx.extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .or(self.default_principal.as_ref())
+            .cloned()
+            .ok_or_else(|| ErrorData::invalid_request("no authenticated caller for this request", None))
+    }
+}
+
+/// The scope a tool call needs. Unknown tools need `admin`, so a new tool
+/// is closed until it is mapped here.
+fn scope_for(tool: &str) -> Scope {
+    match tool {
+        "bash" | "job" => Scope::Exec,
+        "file" => Scope::FilesRead,
+        "file_write" => Scope::FilesWrite,
+        _ => Scope::Admin,
+    }
+}
+
+/// The facts of a call for the audit log and the host check, read from its
+/// raw arguments so that every tool is covered the same way.
+fn describe(tool: &str, args: &serde_json::Map<String, serde_json::Value>) -> (Call, Vec<String>) {
+    let text = |k: &str| args.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let host = text("host").filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into());
+    let mut hosts = vec![host.clone()];
+    if let Some(list) = args.get("hosts").and_then(|v| v.as_array()) {
+        hosts.extend(list.iter().filter_map(|h| h.as_str()).map(str::to_owned));
+    }
+    let target = match tool {
+        "bash" => text("cmd"),
+        "job" => text("id"),
+        _ => match (text("path"), text("to")) {
+            (Some(p), Some(to)) => Some(format!("{p} -> {to}")),
+            (p, _) => p,
+        },
+    };
+    let action = text("action").or_else(|| (tool == "bash").then(|| "run".into()));
+    let call = Call {
+        tool: tool.to_owned(),
+        action,
+        host: Some(host),
+        target,
+    };
+    (call, hosts)
+}
+
+/// How a finished call went, from its result.
+fn outcome(result: &CallToolResult, started: std::time::Instant) -> AuditEnd {
+    let field = |k: &str| {
+        result
+            .structured_content
+            .as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(|v| v.as_i64())
+    };
+    AuditEnd {
+        outcome: if result.is_error == Some(true) { "error" } else { "ok" }.into(),
+        exit_code: field("exit_code").map(|c| c as i32),
+        bytes: field("total_bytes").or_else(|| field("bytes")).map(|b| b as u64),
+        duration_ms: started.elapsed().as_millis() as u64,
+        detail: None,
+    }
 }
 
 impl ServerHandler for McpServer {
@@ -56,12 +144,18 @@ impl ServerHandler for McpServer {
             .with_instructions(INSTRUCTIONS)
     }
 
+    /// Only the tools the caller's scopes allow are listed.
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(Self::tools()))
+        let who = self.principal(&context)?;
+        let tools = Self::tools()
+            .into_iter()
+            .filter(|t| who.scopes.contains(scope_for(&t.name)))
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
@@ -74,36 +168,64 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = request.arguments.unwrap_or_default();
-        let span = tracing::info_span!("tool", tool = %request.name);
-        let result = match request.name.as_ref() {
-            "bash" => {
-                bash::call(&self.jobs, parse(args)?, &context)
-                    .instrument(span)
-                    .await
-            }
-            "job" => {
-                job::call(&self.jobs, parse(args)?, &context)
-                    .instrument(span)
-                    .await
-            }
-            "file" => {
-                file::call_read(&self.files, self.jobs.config(), parse(args)?)
-                    .instrument(span)
-                    .await
-            }
-            "file_write" => {
-                file::call_write(&self.files, parse(args)?)
-                    .instrument(span)
-                    .await
-            }
-            other => {
-                return Err(ErrorData::invalid_params(
-                    format!("unknown tool {other:?}; the tools are bash, job, file and file_write"),
-                    None,
-                ));
-            }
+        let principal = self.principal(&context)?;
+        let (call, hosts) = describe(&request.name, &args);
+        let who = Who {
+            user: Some(&principal.user),
+            token_id: principal.token_id.as_deref(),
+            client_id: principal.client_id.as_deref(),
+            source: principal.source.as_deref(),
         };
-        Ok(result.into())
+        let allowed = principal
+            .require(scope_for(&request.name))
+            .and_then(|()| hosts.iter().try_for_each(|h| principal.require_host(h)));
+        if let Err(why) = allowed {
+            self.audit.call_denied(who, &call, &why);
+            return Ok(tool_error(why).into());
+        }
+        let audit_id = self.audit.call_start(who, &call).map_err(|e| {
+            tracing::error!(error = %e, "cannot write the audit log; refusing the call");
+            ErrorData::internal_error(
+                "the audit log cannot be written, so the call was not run; check the server's disk and state directory",
+                None,
+            )
+        })?;
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!("tool", tool = %request.name);
+        let result = self
+            .dispatch(&request.name, args, &context)
+            .instrument(span)
+            .await;
+        let end = match &result {
+            Ok(r) => outcome(r, started),
+            Err(e) => AuditEnd {
+                outcome: "error".into(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                detail: Some(e.message.to_string()),
+                ..Default::default()
+            },
+        };
+        self.audit.call_end(audit_id, &end);
+        Ok(result?.into())
+    }
+}
+
+impl McpServer {
+    async fn dispatch(
+        &self,
+        tool: &str,
+        args: serde_json::Map<String, serde_json::Value>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(match tool {
+            "bash" => bash::call(&self.jobs, parse(args)?, context).await,
+            "job" => job::call(&self.jobs, parse(args)?, context).await,
+            "file" => file::call_read(&self.files, self.jobs.config(), parse(args)?).await,
+            "file_write" => file::call_write(&self.files, parse(args)?).await,
+            other => tool_error(format!(
+                "unknown tool {other:?}; the tools are bash, job, file and file_write"
+            )),
+        })
     }
 }
 
@@ -196,8 +318,7 @@ impl<'a> Progress<'a> {
 /// calls and SSE when progress is streamed. Host/Origin checks are done by
 /// `http/` for every route, so rmcp's own are off.
 pub fn http_service(
-    jobs: Jobs,
-    files: Arc<Files>,
+    services: Services,
     cancel: tokio_util::sync::CancellationToken,
 ) -> rmcp::transport::streamable_http_server::StreamableHttpService<
     McpServer,
@@ -215,16 +336,16 @@ pub fn http_service(
         .with_max_request_body_bytes(4 << 20)
         .with_cancellation_token(cancel);
     StreamableHttpService::new(
-        move || Ok(McpServer::new(jobs.clone(), files.clone())),
+        move || Ok(McpServer::new(services.clone())),
         Default::default(),
         config,
     )
 }
 
 /// Serve MCP over this process's stdin/stdout until the client closes it.
-pub async fn serve_stdio(jobs: Jobs, files: Arc<Files>) -> Result<(), std::io::Error> {
+pub async fn serve_stdio(services: Services) -> Result<(), std::io::Error> {
     use rmcp::ServiceExt;
-    let running = McpServer::new(jobs, files)
+    let running = McpServer::new(services)
         .serve(rmcp::transport::stdio())
         .await
         .map_err(std::io::Error::other)?;

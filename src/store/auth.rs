@@ -447,8 +447,9 @@ impl Store {
             let fresh = c
                 .query_row(
                     &format!(
-                        "UPDATE tokens AS t SET used_ms = ?2 WHERE t.hash = ?1 AND t.kind = 'refresh' \
-                         AND t.used_ms IS NULL AND t.revoked_ms IS NULL RETURNING {TOKEN_COLUMNS}"
+                        "UPDATE tokens SET used_ms = ?2 WHERE hash = ?1 AND kind = 'refresh' \
+                         AND used_ms IS NULL AND revoked_ms IS NULL RETURNING {}",
+                        TOKEN_COLUMNS.replace("t.", "")
                     ),
                     params![hash, now_ms],
                     token_from_row,
@@ -528,5 +529,84 @@ impl Store {
                  DELETE FROM grants WHERE expires_ms < {cutoff} OR revoked_ms < {cutoff};"
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(hash: &str, kind: &'static str, grant: Option<&str>) -> TokenRow {
+        TokenRow {
+            hash: hash.into(),
+            id: format!("id-{hash}"),
+            kind,
+            name: None,
+            user_name: "ann".into(),
+            client_id: Some("c".into()),
+            grant_id: grant.map(str::to_owned),
+            scopes: "exec".into(),
+            hosts: "*".into(),
+            created_ms: 1,
+            expires_ms: Some(10_000),
+            revoked_ms: None,
+            last_seen_ms: None,
+        }
+    }
+
+    #[test]
+    fn codes_and_refresh_tokens_are_single_use_and_revocation_takes_the_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .upsert_user(&UserRow {
+                name: "ann".into(),
+                phc: "x".into(),
+                scopes: "exec".into(),
+                hosts: "*".into(),
+                created_ms: 1,
+                updated_ms: 1,
+            })
+            .unwrap();
+        store
+            .insert_grant(&GrantRow {
+                id: "g1".into(),
+                user_name: "ann".into(),
+                client_id: "c".into(),
+                scopes: "exec".into(),
+                hosts: "*".into(),
+                resource: "r".into(),
+                created_ms: 1,
+                refreshed_ms: None,
+                expires_ms: 10_000,
+                revoked_ms: None,
+                revoke_reason: None,
+            })
+            .unwrap();
+        let code = CodeRow {
+            hash: "code".into(),
+            grant_id: "g1".into(),
+            redirect_uri: "u".into(),
+            challenge: "ch".into(),
+            expires_ms: 100,
+        };
+        store.insert_code(&code).unwrap();
+        assert!(matches!(store.take_code("code", 5).unwrap(), Take::Fresh(c) if c.challenge == "ch"));
+        assert!(matches!(store.take_code("code", 6).unwrap(), Take::Replayed { grant_id: Some(g) } if g == "g1"));
+        assert!(matches!(store.take_code("nope", 6).unwrap(), Take::Missing));
+
+        store.insert_token(&token("a1", ACCESS, Some("g1"))).unwrap();
+        store.insert_token(&token("r1", REFRESH, Some("g1"))).unwrap();
+        assert!(matches!(store.take_refresh("r1", 7).unwrap(), Take::Fresh(t) if t.id == "id-r1"));
+        assert!(matches!(store.take_refresh("r1", 8).unwrap(), Take::Replayed { .. }));
+        assert!(matches!(store.take_refresh("a1", 8).unwrap(), Take::Missing), "an access token is no refresh token");
+
+        let found = store.find_token("a1", 9).unwrap().unwrap();
+        assert!(!found.grant_dead && found.user.is_some());
+        assert!(store.revoke_grant("g1", "test", 9).unwrap());
+        assert!(!store.revoke_grant("g1", "test", 9).unwrap());
+        let found = store.find_token("a1", 9).unwrap().unwrap();
+        assert!(found.grant_dead && found.token.revoked_ms.is_some());
+        assert!(store.find_token("a1", 20_000).unwrap().is_some());
     }
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -159,8 +160,12 @@ class Server:
 
     Over stdio every `connect()` spawns a fresh `mcpsh stdio` (as a client would)."""
 
-    def __init__(self, transport: str):
+    def __init__(self, transport: str, auth: bool = False):
         self.transport = transport
+        # With auth, `serve` runs as a user would start it (OAuth on); the
+        # first start prints the generated admin password, kept here.
+        self.auth = auth
+        self.password: str | None = None
         # Short paths: job control sockets live under the state dir (sun_path is 108 bytes).
         self.base = Path(tempfile.mkdtemp(prefix="mcpsh-e2e-"))
         self.state_dir = self.base / "state"  # not created: mcpsh must create it privately
@@ -182,13 +187,18 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
-    def start(self, port: int | None = None, timeout: float = 20.0) -> None:
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, port: int | None = None, timeout: float = 20.0, extra: tuple[str, ...] = ()) -> None:
         assert self.transport == "http"
+        flags = [] if self.auth else ["--insecure-no-auth"]
         for _ in range(5):
             self.port = port or free_port()
             with open(self.log, "ab") as log:
                 self.proc = subprocess.Popen(
-                    [BIN, "serve", "--insecure-no-auth", "--listen", f"127.0.0.1:{self.port}"],
+                    [BIN, "serve", *flags, "--listen", f"127.0.0.1:{self.port}", *extra],
                     env=self.env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -198,7 +208,10 @@ class Server:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
-                if port_open(self.port):
+                if port_open(self.port) and "serving MCP at" in self.log.read_text(errors="replace"):
+                    if self.auth and self.password is None:
+                        m = re.search(r'with password: (\S+)', self.log.read_text(errors="replace"))
+                        self.password = m.group(1) if m else None
                     return
                 time.sleep(0.02)
             if self.proc.poll() is None:
