@@ -39,12 +39,6 @@ def test_a_foreign_origin_is_refused_with_403(http_server):
     assert post(http_server.port, {"Origin": "https://evil.example"})[0] == 403
 
 
-def test_serve_without_auth_flag_fails_with_a_clear_message(http_server):
-    r = http_server.cli("serve", "--listen", f"127.0.0.1:{free_port()}", timeout=10)
-    assert r.returncode != 0
-    assert "--insecure-no-auth" in r.stderr
-
-
 def test_serve_insecure_on_a_non_loopback_address_is_refused(http_server):
     r = http_server.cli("serve", "--insecure-no-auth", "--listen", f"0.0.0.0:{free_port()}", timeout=10)
     assert r.returncode != 0
