@@ -5,6 +5,7 @@ personal tokens, audit, throttling and what is (not) stored at rest."""
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 import subprocess
 import time
@@ -780,9 +781,10 @@ def test_tls_serves_https_with_the_issuer_on_https(tmp_path):
     try:
         s.start(extra=("--tls-cert", str(cert), "--tls-key", str(key)))
         base = f"https://127.0.0.1:{s.port}"
-        asm = httpx2.get(f"{base}/.well-known/oauth-authorization-server", verify=str(cert), timeout=10).json()
+        ctx = ssl.create_default_context(cafile=str(cert))
+        asm = httpx2.get(f"{base}/.well-known/oauth-authorization-server", verify=ctx, timeout=10).json()
         assert asm["issuer"] == base and asm["token_endpoint"] == f"{base}/token"
-        r = httpx2.post(f"{base}/mcp", json={}, verify=str(cert), timeout=10)
+        r = httpx2.post(f"{base}/mcp", json={}, verify=ctx, timeout=10)
         assert r.status_code == 401 and f'resource_metadata="{base}/' in r.headers["www-authenticate"]
         with pytest.raises(httpx2.HTTPError):
             httpx2.get(f"http://127.0.0.1:{s.port}/.well-known/oauth-authorization-server", timeout=5)
