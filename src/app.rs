@@ -50,6 +50,23 @@ pub struct HttpOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// Remove audit rows older than `keep_days`, now and then daily.
+async fn prune_audit(audit: Audit, keep_days: u64, cancel: CancellationToken) {
+    loop {
+        let a = audit.clone();
+        let cutoff = crate::store::now_ms() - (keep_days as i64) * 86_400_000;
+        match tokio::task::spawn_blocking(move || a.prune(cutoff)).await {
+            Ok(Ok(0)) | Err(_) => {}
+            Ok(Ok(n)) => tracing::info!(rows = n, keep_days, "pruned old audit rows"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the audit log"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(86_400)) => {}
+        }
+    }
+}
+
 /// The OS user running mcpsh: who "the owner" is in the audit log.
 fn local_user() -> String {
     std::env::var("USER")
@@ -99,11 +116,19 @@ impl App {
             .filter(|p| p.is_dir())
             .unwrap_or_else(|| "/".into());
         let files = Arc::new(Files::new(&config.files.roots, home)?);
+        let audit = Audit::new(store.clone());
+        if config.audit.keep_days > 0 {
+            tracker.spawn(prune_audit(
+                audit.clone(),
+                config.audit.keep_days,
+                cancel.clone(),
+            ));
+        }
         Ok(App {
             config,
             jobs,
             files,
-            audit: Audit::new(store.clone()),
+            audit,
             store,
             tracker,
             cancel,

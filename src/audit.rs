@@ -42,7 +42,8 @@ impl Audit {
     /// `token_issue`, `token_refresh`, `token_reuse`, `token_revoke`, …). A
     /// failure to write is logged, not raised: the event already happened.
     pub fn security(&self, event: &str, who: Who<'_>, detail: Option<String>) {
-        let outcome = if event.ends_with("fail") || event.ends_with("reuse") || event.ends_with("throttled") {
+        let refused = ["fail", "reuse", "throttled", "deny"];
+        let outcome = if refused.iter().any(|r| event.ends_with(r)) {
             "denied"
         } else {
             "ok"
@@ -80,6 +81,11 @@ impl Audit {
         if let Err(e) = self.store.finish_audit(id, end) {
             tracing::error!(error = %e, id, "cannot finish audit row");
         }
+    }
+
+    /// Remove rows older than `before_ms`.
+    pub fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.store.prune_audit(before_ms)
     }
 
     /// Record a call refused before it ran (scope or host).

@@ -69,6 +69,20 @@ pub struct FilesConfig {
     pub roots: Vec<PathBuf>,
 }
 
+/// The audit log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Days audit rows are kept; older rows are removed at start and daily (0 = forever).
+    pub keep_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { keep_days: 90 }
+    }
+}
+
 impl Default for JobsConfig {
     fn default() -> Self {
         JobsConfig {
@@ -97,6 +111,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub jobs: JobsConfig,
     pub files: FilesConfig,
+    pub audit: AuditConfig,
     /// The file this configuration was read from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -109,6 +124,7 @@ impl Default for Config {
             state_dir: PathBuf::new(),
             jobs: JobsConfig::default(),
             files: FilesConfig::default(),
+            audit: AuditConfig::default(),
             source: None,
         }
     }

@@ -428,7 +428,15 @@ impl Auth {
             );
             return Finish::Redirect(self.redirect_url(&p.redirect_uri, &[("error", "access_denied"), ("error_description", "the user denied access")], p.state.as_deref()));
         }
-        if let Err(wait) = self.inner.throttle.attempt(source) {
+        if let Err(refused) = self.inner.throttle.attempt(source) {
+            if refused.first {
+                self.inner.audit.security(
+                    "login_throttled",
+                    Who { user: Some(&form.username), client_id: Some(&p.client_id), source: Some(&src), ..Default::default() },
+                    Some("further attempts from this source are refused until its bucket refills".into()),
+                );
+            }
+            let wait = refused.retry_after;
             return Finish::Throttled {
                 consent: self.consent(p, Some(format!("Too many attempts from your address; wait {} seconds.", wait.as_secs() + 1))),
                 retry_after: wait,

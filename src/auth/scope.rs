@@ -173,6 +173,11 @@ impl Hosts {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// True when every host is allowed.
+    pub fn is_any(&self) -> bool {
+        self.0.iter().any(|p| p == "*")
+    }
 }
 
 impl fmt::Display for Hosts {

@@ -33,6 +33,16 @@ const MAX_SOURCES: usize = 65_536;
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// The last attempt was refused (so the next refusal is not news).
+    refusing: bool,
+}
+
+/// A refused attempt: when to retry, and whether this source was let
+/// through last time (the start of a refusal streak, worth one audit row).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Refused {
+    pub retry_after: Duration,
+    pub first: bool,
 }
 
 /// The per-source limiter.
@@ -50,12 +60,12 @@ impl Throttle {
         }
     }
 
-    /// Take one attempt for `source`; `Err(wait)` says when to retry.
-    pub fn attempt(&self, source: IpAddr) -> Result<(), Duration> {
+    /// Take one attempt for `source`.
+    pub fn attempt(&self, source: IpAddr) -> Result<(), Refused> {
         self.attempt_at(source, Instant::now())
     }
 
-    fn attempt_at(&self, source: IpAddr, now: Instant) -> Result<(), Duration> {
+    fn attempt_at(&self, source: IpAddr, now: Instant) -> Result<(), Refused> {
         let key = bucket_key(source);
         let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_SOURCES && !map.contains_key(&key) {
@@ -66,15 +76,22 @@ impl Throttle {
         let b = map.entry(key).or_insert(Bucket {
             tokens: burst,
             at: now,
+            refusing: false,
         });
         let refill = now.saturating_duration_since(b.at).as_secs_f64() * per_sec;
         b.tokens = (b.tokens + refill).min(burst);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
+            b.refusing = false;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / per_sec))
+            let first = !b.refusing;
+            b.refusing = true;
+            Err(Refused {
+                retry_after: Duration::from_secs_f64((1.0 - b.tokens) / per_sec),
+                first,
+            })
         }
     }
 
@@ -117,10 +134,14 @@ mod tests {
         let now = Instant::now();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let passed = (0..10_000).filter(|_| t.attempt_at(a, now).is_ok()).count();
+        let passed = (0..10).filter(|_| t.attempt_at(a, now).is_ok()).count();
         assert_eq!(passed, 10);
-        let wait = t.attempt_at(a, now).unwrap_err();
-        assert!(wait <= Duration::from_secs(6), "{wait:?}");
+        assert!(t.attempt_at(a, now).unwrap_err().first);
+        let passed = (0..10_000).filter(|_| t.attempt_at(a, now).is_ok()).count();
+        assert_eq!(passed, 0);
+        let refused = t.attempt_at(a, now).unwrap_err();
+        assert!(refused.retry_after <= Duration::from_secs(6), "{refused:?}");
+        assert!(!refused.first, "the streak began with the 11th attempt");
         assert!(t.attempt_at(b, now).is_ok(), "another source is not limited");
         // A minute later the source has earned ten more attempts, no more.
         let later = now + Duration::from_secs(60);

@@ -176,9 +176,12 @@ impl ServerHandler for McpServer {
             client_id: principal.client_id.as_deref(),
             source: principal.source.as_deref(),
         };
-        let allowed = principal
+        let mut allowed = principal
             .require(scope_for(&request.name))
             .and_then(|()| hosts.iter().try_for_each(|h| principal.require_host(h)));
+        if allowed.is_ok() && request.name == "job" && !principal.hosts.is_any() {
+            allowed = self.job_host_allowed(&principal, &args).await;
+        }
         if let Err(why) = allowed {
             self.audit.call_denied(who, &call, &why);
             return Ok(tool_error(why).into());
@@ -211,6 +214,28 @@ impl ServerHandler for McpServer {
 }
 
 impl McpServer {
+    /// A token limited to some hosts may act only on jobs of those hosts:
+    /// the job's own host is checked (its `host` argument alone proves
+    /// nothing), and a list must name an allowed host.
+    async fn job_host_allowed(
+        &self,
+        principal: &Principal,
+        args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        match args.get("id").and_then(|v| v.as_str()) {
+            Some(id) => match self.jobs.row(id).await {
+                Ok(row) => principal.require_host(&row.host),
+                // An unknown id: the tool itself answers that.
+                Err(_) => Ok(()),
+            },
+            None if args.get("host").and_then(|v| v.as_str()).is_none() => Err(format!(
+                "not allowed: this token may only reach hosts {}; pass `host` to list the jobs of one of them",
+                principal.hosts
+            )),
+            None => Ok(()),
+        }
+    }
+
     async fn dispatch(
         &self,
         tool: &str,

@@ -124,6 +124,11 @@ impl Store {
         })
     }
 
+    /// Remove rows older than `before_ms`; returns how many.
+    pub fn prune_audit(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.with(|c| c.execute("DELETE FROM audit WHERE ts_ms < ?1", params![before_ms]))
+    }
+
     /// Audit rows matching `f`, oldest first.
     pub fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
         self.with(|c| {
