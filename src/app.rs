@@ -164,7 +164,9 @@ impl App {
         let service = crate::mcp::http_service(self.services(owner), self.cancel.child_token());
         let router = crate::http::router(service, guard, auth);
         match opts.tls {
-            Some(tls) => crate::http::tls::run_tls(listener, tls, router, self.cancel.clone()).await?,
+            Some(tls) => {
+                crate::http::tls::run_tls(listener, tls, router, self.cancel.clone()).await?
+            }
             None => crate::http::run(listener, router, self.cancel.clone()).await?,
         }
         Ok(())

@@ -151,7 +151,12 @@ mod tests {
             target: Some("x".repeat(5000)),
         };
         let id = audit.call_start(who, &call).unwrap();
-        let rows = store.list_audit(&AuditFilter { limit: 10, ..Default::default() }).unwrap();
+        let rows = store
+            .list_audit(&AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(rows[0].outcome, "started");
         assert!(rows[0].target.as_ref().unwrap().ends_with("(5000 bytes)"));
         audit.call_end(
@@ -164,12 +169,34 @@ mod tests {
                 detail: None,
             },
         );
-        audit.security("login_fail", Who { user: Some("bob"), ..Default::default() }, None);
-        let rows = store.list_audit(&AuditFilter { limit: 10, ..Default::default() }).unwrap();
-        assert_eq!((rows[0].outcome.as_str(), rows[0].exit_code), ("ok", Some(3)));
-        assert_eq!((rows[1].event.as_str(), rows[1].outcome.as_str()), ("login_fail", "denied"));
+        audit.security(
+            "login_fail",
+            Who {
+                user: Some("bob"),
+                ..Default::default()
+            },
+            None,
+        );
+        let rows = store
+            .list_audit(&AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (rows[0].outcome.as_str(), rows[0].exit_code),
+            ("ok", Some(3))
+        );
+        assert_eq!(
+            (rows[1].event.as_str(), rows[1].outcome.as_str()),
+            ("login_fail", "denied")
+        );
         let bob = store
-            .list_audit(&AuditFilter { limit: 10, user: Some("bob".into()), ..Default::default() })
+            .list_audit(&AuditFilter {
+                limit: 10,
+                user: Some("bob".into()),
+                ..Default::default()
+            })
             .unwrap();
         assert_eq!(bob.len(), 1);
     }

@@ -174,7 +174,11 @@ impl Auth {
     /// Resolve `Authorization: Bearer …` to a principal. A token's scopes and
     /// hosts are narrowed by its user's current ones, so narrowing a user
     /// narrows every token at once.
-    pub fn verify_bearer(&self, bearer: &str, source: Option<IpAddr>) -> Result<Principal, BearerError> {
+    pub fn verify_bearer(
+        &self,
+        bearer: &str,
+        source: Option<IpAddr>,
+    ) -> Result<Principal, BearerError> {
         let now = now_ms();
         let hash = sha256_hex(bearer.as_bytes());
         let found = self
@@ -294,10 +298,17 @@ pub struct NewPat {
 }
 
 /// Create a personal token; returns the bearer (shown once) and its row.
-pub fn create_pat(store: &Store, audit: &Audit, p: NewPat) -> Result<(String, TokenRow), AuthError> {
-    let user = store
-        .get_user(&p.user)?
-        .ok_or_else(|| AuthError::Invalid(format!("no user {:?}; create it with `mcpsh set-auth {}`", p.user, p.user)))?;
+pub fn create_pat(
+    store: &Store,
+    audit: &Audit,
+    p: NewPat,
+) -> Result<(String, TokenRow), AuthError> {
+    let user = store.get_user(&p.user)?.ok_or_else(|| {
+        AuthError::Invalid(format!(
+            "no user {:?}; create it with `mcpsh set-auth {}`",
+            p.user, p.user
+        ))
+    })?;
     let allowed = Scopes::parse(&user.scopes).unwrap_or_default();
     if !p.scopes.is_subset(allowed) {
         return Err(AuthError::Invalid(format!(
@@ -306,7 +317,9 @@ pub fn create_pat(store: &Store, audit: &Audit, p: NewPat) -> Result<(String, To
         )));
     }
     if p.scopes.is_empty() {
-        return Err(AuthError::Invalid("a token needs at least one scope".into()));
+        return Err(AuthError::Invalid(
+            "a token needs at least one scope".into(),
+        ));
     }
     let bearer = new_secret(PAT_PREFIX);
     let now = now_ms();
@@ -333,7 +346,11 @@ pub fn create_pat(store: &Store, audit: &Audit, p: NewPat) -> Result<(String, To
             token_id: Some(&row.id),
             ..Default::default()
         },
-        Some(format!("personal token {:?} scopes [{}]", row.name.as_deref().unwrap_or(""), row.scopes)),
+        Some(format!(
+            "personal token {:?} scopes [{}]",
+            row.name.as_deref().unwrap_or(""),
+            row.scopes
+        )),
     );
     Ok((bearer, row))
 }

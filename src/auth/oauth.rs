@@ -185,19 +185,29 @@ impl Auth {
     /// Dynamic client registration (RFC 7591).
     pub fn register(&self, body: &Value, source: Option<IpAddr>) -> Result<Value, OAuthError> {
         let meta = |e: &str| OAuthError::bad("invalid_client_metadata", e);
-        let obj = body.as_object().ok_or_else(|| meta("the body must be a JSON object"))?;
+        let obj = body
+            .as_object()
+            .ok_or_else(|| meta("the body must be a JSON object"))?;
         let uris: Vec<String> = match obj.get("redirect_uris") {
             Some(Value::Array(a)) if !a.is_empty() && a.len() <= 20 => a
                 .iter()
                 .map(|u| u.as_str().map(str::to_owned))
                 .collect::<Option<_>>()
                 .ok_or_else(|| meta("redirect_uris must be strings"))?,
-            _ => return Err(meta("redirect_uris must be a non-empty array of at most 20 URIs")),
+            _ => {
+                return Err(meta(
+                    "redirect_uris must be a non-empty array of at most 20 URIs",
+                ));
+            }
         };
         for u in &uris {
-            redirect::check_registration(u).map_err(|e| OAuthError::bad("invalid_redirect_uri", e))?;
+            redirect::check_registration(u)
+                .map_err(|e| OAuthError::bad("invalid_redirect_uri", e))?;
         }
-        let method = match obj.get("token_endpoint_auth_method").and_then(Value::as_str) {
+        let method = match obj
+            .get("token_endpoint_auth_method")
+            .and_then(Value::as_str)
+        {
             None | Some("none") => "none",
             Some("client_secret_post") => "client_secret_post",
             Some(other) => {
@@ -230,10 +240,12 @@ impl Auth {
         if response_types.iter().any(|r| r != "code") {
             return Err(meta("only the response type \"code\" is supported"));
         }
-        let name = obj
-            .get("client_name")
-            .and_then(Value::as_str)
-            .map(|n| n.chars().filter(|c| !c.is_control()).take(100).collect::<String>());
+        let name = obj.get("client_name").and_then(Value::as_str).map(|n| {
+            n.chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect::<String>()
+        });
         let scope = obj.get("scope").and_then(Value::as_str).map(str::to_owned);
         if let Some(s) = &scope {
             Scopes::parse(s).map_err(|e| meta(&e))?;
@@ -250,7 +262,10 @@ impl Auth {
             from_url: false,
             created_ms: now,
         };
-        self.inner.store.insert_client(&row).map_err(OAuthError::server)?;
+        self.inner
+            .store
+            .insert_client(&row)
+            .map_err(OAuthError::server)?;
         let source = source.map(|s| s.to_string());
         self.inner.audit.security(
             "client_register",
@@ -259,7 +274,11 @@ impl Auth {
                 source: source.as_deref(),
                 ..Default::default()
             },
-            Some(format!("{:?} redirect_uris {:?}", name.as_deref().unwrap_or(""), uris)),
+            Some(format!(
+                "{:?} redirect_uris {:?}",
+                name.as_deref().unwrap_or(""),
+                uris
+            )),
         );
         let mut out = json!({
             "client_id": row.client_id,
@@ -285,7 +304,11 @@ impl Auth {
     /// Find a client: registered, or (for an https client id) its metadata
     /// document, fetched with SSRF guards and cached.
     async fn client(&self, client_id: &str) -> Result<Option<ClientRow>, String> {
-        let stored = self.inner.store.get_client(client_id).map_err(|e| e.to_string())?;
+        let stored = self
+            .inner
+            .store
+            .get_client(client_id)
+            .map_err(|e| e.to_string())?;
         if !client_id.starts_with("https://") {
             return Ok(stored);
         }
@@ -294,10 +317,15 @@ impl Auth {
         }
         let doc = super::cimd::fetch(client_id, &self.config().cimd)
             .await
-            .map_err(|e| format!("cannot use the client ID metadata document at {client_id}: {e}"))?;
+            .map_err(|e| {
+                format!("cannot use the client ID metadata document at {client_id}: {e}")
+            })?;
         for u in &doc.redirect_uris {
-            redirect::check_registration(u)
-                .map_err(|e| format!("the client ID metadata document at {client_id} lists a bad redirect URI: {e}"))?;
+            redirect::check_registration(u).map_err(|e| {
+                format!(
+                    "the client ID metadata document at {client_id} lists a bad redirect URI: {e}"
+                )
+            })?;
         }
         let row = ClientRow {
             client_id: client_id.to_owned(),
@@ -309,25 +337,37 @@ impl Auth {
             from_url: true,
             created_ms: now_ms(),
         };
-        self.inner.store.insert_client(&row).map_err(|e| e.to_string())?;
+        self.inner
+            .store
+            .insert_client(&row)
+            .map_err(|e| e.to_string())?;
         Ok(Some(row))
     }
 
     /// Validate an authorization request and prepare the login page.
     pub async fn authorize(&self, q: &HashMap<String, String>) -> Result<Consent, Refusal> {
         let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
-        let client_id = get("client_id").ok_or_else(|| Refusal::Page("the request has no client_id".into()))?;
+        let client_id =
+            get("client_id").ok_or_else(|| Refusal::Page("the request has no client_id".into()))?;
         let client = self
             .client(client_id)
             .await
             .map_err(Refusal::Page)?
-            .ok_or_else(|| Refusal::Page(format!("unknown client {client_id:?}; the app must register first")))?;
+            .ok_or_else(|| {
+                Refusal::Page(format!(
+                    "unknown client {client_id:?}; the app must register first"
+                ))
+            })?;
         let redirect_uri = match get("redirect_uri") {
             Some(u) => u.to_owned(),
             None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
             None => return Err(Refusal::Page("the request has no redirect_uri".into())),
         };
-        if !client.redirect_uris.iter().any(|r| redirect::matches(r, &redirect_uri)) {
+        if !client
+            .redirect_uris
+            .iter()
+            .any(|r| redirect::matches(r, &redirect_uri))
+        {
             return Err(Refusal::Page(format!(
                 "the redirect URI {redirect_uri:?} is not registered for this app; refusing to send a code there"
             )));
@@ -335,26 +375,49 @@ impl Auth {
         // From here on the redirect URI is trusted: errors go back to the app.
         let state = get("state").map(str::to_owned);
         let back = |error: &str, desc: &str| {
-            Refusal::Redirect(self.redirect_url(&redirect_uri, &[("error", error), ("error_description", desc)], state.as_deref()))
+            Refusal::Redirect(self.redirect_url(
+                &redirect_uri,
+                &[("error", error), ("error_description", desc)],
+                state.as_deref(),
+            ))
         };
         if get("response_type") != Some("code") {
-            return Err(back("unsupported_response_type", "only response_type=code is supported"));
+            return Err(back(
+                "unsupported_response_type",
+                "only response_type=code is supported",
+            ));
         }
-        let challenge = get("code_challenge").ok_or_else(|| back("invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256"))?;
+        let challenge = get("code_challenge").ok_or_else(|| {
+            back(
+                "invalid_request",
+                "PKCE is required: send code_challenge with code_challenge_method=S256",
+            )
+        })?;
         if get("code_challenge_method") != Some("S256") {
-            return Err(back("invalid_request", "code_challenge_method must be S256 (plain is not accepted)"));
+            return Err(back(
+                "invalid_request",
+                "code_challenge_method must be S256 (plain is not accepted)",
+            ));
         }
         if challenge.len() != 43 || !challenge.bytes().all(is_b64url) {
-            return Err(back("invalid_request", "code_challenge must be the base64url SHA-256 of the verifier (43 characters)"));
+            return Err(back(
+                "invalid_request",
+                "code_challenge must be the base64url SHA-256 of the verifier (43 characters)",
+            ));
         }
         let scopes = match get("scope") {
             Some(s) => Scopes::parse(s).map_err(|e| back("invalid_scope", &e))?,
             None => Scopes::all(),
         };
-        let resource = self.check_resource(get("resource")).map_err(|e| back("invalid_target", &e))?;
+        let resource = self
+            .check_resource(get("resource"))
+            .map_err(|e| back("invalid_target", &e))?;
         let pending = PendingAuth {
             client_id: client.client_id.clone(),
-            client_name: client.name.clone().unwrap_or_else(|| client.client_id.clone()),
+            client_name: client
+                .name
+                .clone()
+                .unwrap_or_else(|| client.client_id.clone()),
             redirect_uri,
             state,
             challenge: challenge.to_owned(),
@@ -375,7 +438,12 @@ impl Auth {
             scopes: p.scopes,
             message,
         };
-        c.csrf = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(p);
+        c.csrf = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p);
         c
     }
 
@@ -384,7 +452,9 @@ impl Auth {
         let ours = self.config().resource();
         match resource {
             None => Ok(ours),
-            Some(r) if r == ours || r == format!("{ours}/") || r == self.config().issuer => Ok(ours),
+            Some(r) if r == ours || r == format!("{ours}/") || r == self.config().issuer => {
+                Ok(ours)
+            }
             Some(r) => Err(format!("resource {r:?} is not this server; use {ours}")),
         }
     }
@@ -392,15 +462,25 @@ impl Auth {
     /// A `resource` given at the token endpoint must be the one authorized.
     fn same_resource(&self, given: Option<&str>, granted: &str) -> Result<(), OAuthError> {
         let Some(r) = given else { return Ok(()) };
-        let r = self.check_resource(Some(r)).map_err(|e| OAuthError::bad("invalid_target", e))?;
+        let r = self
+            .check_resource(Some(r))
+            .map_err(|e| OAuthError::bad("invalid_target", e))?;
         if r != granted {
-            return Err(OAuthError::bad("invalid_target", "resource differs from the one authorized"));
+            return Err(OAuthError::bad(
+                "invalid_target",
+                "resource differs from the one authorized",
+            ));
         }
         Ok(())
     }
 
     /// `redirect_uri` with `params`, `state` and `iss` added to its query.
-    fn redirect_url(&self, redirect_uri: &str, params: &[(&str, &str)], state: Option<&str>) -> String {
+    fn redirect_url(
+        &self,
+        redirect_uri: &str,
+        params: &[(&str, &str)],
+        state: Option<&str>,
+    ) -> String {
         let mut ser = form_urlencoded::Serializer::new(String::new());
         for (k, v) in params {
             ser.append_pair(k, v);
@@ -415,7 +495,12 @@ impl Auth {
 
     /// Handle the posted login and consent form.
     pub async fn finish(&self, form: LoginForm, source: IpAddr) -> Finish {
-        let taken = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).take(&form.csrf);
+        let taken = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(&form.csrf);
         let Some(p) = taken else {
             return Finish::Expired("this login form has expired or was already used; go back to the app and start again".into());
         };
@@ -423,22 +508,47 @@ impl Auth {
         if !form.allow {
             self.inner.audit.security(
                 "consent_deny",
-                Who { client_id: Some(&p.client_id), source: Some(&src), ..Default::default() },
+                Who {
+                    client_id: Some(&p.client_id),
+                    source: Some(&src),
+                    ..Default::default()
+                },
                 None,
             );
-            return Finish::Redirect(self.redirect_url(&p.redirect_uri, &[("error", "access_denied"), ("error_description", "the user denied access")], p.state.as_deref()));
+            return Finish::Redirect(self.redirect_url(
+                &p.redirect_uri,
+                &[
+                    ("error", "access_denied"),
+                    ("error_description", "the user denied access"),
+                ],
+                p.state.as_deref(),
+            ));
         }
         if let Err(refused) = self.inner.throttle.attempt(source) {
             if refused.first {
                 self.inner.audit.security(
                     "login_throttled",
-                    Who { user: Some(&form.username), client_id: Some(&p.client_id), source: Some(&src), ..Default::default() },
-                    Some("further attempts from this source are refused until its bucket refills".into()),
+                    Who {
+                        user: Some(&form.username),
+                        client_id: Some(&p.client_id),
+                        source: Some(&src),
+                        ..Default::default()
+                    },
+                    Some(
+                        "further attempts from this source are refused until its bucket refills"
+                            .into(),
+                    ),
                 );
             }
             let wait = refused.retry_after;
             return Finish::Throttled {
-                consent: self.consent(p, Some(format!("Too many attempts from your address; wait {} seconds.", wait.as_secs() + 1))),
+                consent: self.consent(
+                    p,
+                    Some(format!(
+                        "Too many attempts from your address; wait {} seconds.",
+                        wait.as_secs() + 1
+                    )),
+                ),
                 retry_after: wait,
             };
         }
@@ -446,39 +556,96 @@ impl Auth {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read users");
-                return Finish::Again { consent: self.consent(p, Some("Internal error; try again.".into())), status: 500 };
+                return Finish::Again {
+                    consent: self.consent(p, Some("Internal error; try again.".into())),
+                    status: 500,
+                };
             }
         };
-        let ok = match self.inner.hasher.verify(form.password, user.as_ref().map(|u| u.phc.clone())).await {
+        let ok = match self
+            .inner
+            .hasher
+            .verify(form.password, user.as_ref().map(|u| u.phc.clone()))
+            .await
+        {
             Ok(ok) => ok,
             Err(_) => {
-                return Finish::Again { consent: self.consent(p, Some("The server is busy checking other logins; try again in a moment.".into())), status: 503 };
+                return Finish::Again {
+                    consent: self.consent(
+                        p,
+                        Some(
+                            "The server is busy checking other logins; try again in a moment."
+                                .into(),
+                        ),
+                    ),
+                    status: 503,
+                };
             }
         };
-        let who = Who { user: Some(&form.username), client_id: Some(&p.client_id), source: Some(&src), ..Default::default() };
+        let who = Who {
+            user: Some(&form.username),
+            client_id: Some(&p.client_id),
+            source: Some(&src),
+            ..Default::default()
+        };
         let Some(user) = user.filter(|_| ok) else {
             self.inner.audit.security("login_fail", who, None);
-            return Finish::Again { consent: self.consent(p, Some("Wrong user name or password.".into())), status: 401 };
+            return Finish::Again {
+                consent: self.consent(p, Some("Wrong user name or password.".into())),
+                status: 401,
+            };
         };
         self.inner.audit.security("login_ok", who, None);
-        let scopes = p.scopes.intersect(Scopes::parse(&user.scopes).unwrap_or_default());
+        let scopes = p
+            .scopes
+            .intersect(Scopes::parse(&user.scopes).unwrap_or_default());
         if scopes.is_empty() {
-            self.inner.audit.security("consent_deny", who, Some(format!("user holds none of [{}]", p.scopes)));
-            return Finish::Redirect(self.redirect_url(&p.redirect_uri, &[("error", "access_denied"), ("error_description", "the user holds none of the requested scopes")], p.state.as_deref()));
+            self.inner.audit.security(
+                "consent_deny",
+                who,
+                Some(format!("user holds none of [{}]", p.scopes)),
+            );
+            return Finish::Redirect(self.redirect_url(
+                &p.redirect_uri,
+                &[
+                    ("error", "access_denied"),
+                    (
+                        "error_description",
+                        "the user holds none of the requested scopes",
+                    ),
+                ],
+                p.state.as_deref(),
+            ));
         }
         match self.issue_code(&p, &user.name, scopes, &user.hosts) {
             Ok(code) => {
-                self.inner.audit.security("consent", who, Some(format!("scopes [{scopes}]")));
-                Finish::Redirect(self.redirect_url(&p.redirect_uri, &[("code", &code)], p.state.as_deref()))
+                self.inner
+                    .audit
+                    .security("consent", who, Some(format!("scopes [{scopes}]")));
+                Finish::Redirect(self.redirect_url(
+                    &p.redirect_uri,
+                    &[("code", &code)],
+                    p.state.as_deref(),
+                ))
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot issue a code");
-                Finish::Redirect(self.redirect_url(&p.redirect_uri, &[("error", "server_error")], p.state.as_deref()))
+                Finish::Redirect(self.redirect_url(
+                    &p.redirect_uri,
+                    &[("error", "server_error")],
+                    p.state.as_deref(),
+                ))
             }
         }
     }
 
-    fn issue_code(&self, p: &PendingAuth, user: &str, scopes: Scopes, hosts: &str) -> Result<String, crate::store::StoreError> {
+    fn issue_code(
+        &self,
+        p: &PendingAuth,
+        user: &str,
+        scopes: Scopes,
+        hosts: &str,
+    ) -> Result<String, crate::store::StoreError> {
         let now = now_ms();
         let grant = GrantRow {
             id: short_id("login-"),
@@ -508,61 +675,133 @@ impl Auth {
 
     /// The token endpoint. `basic` is true when the request carried an
     /// `Authorization: Basic` header, which is refused outright.
-    pub fn token(&self, form: &HashMap<String, String>, basic: bool, source: Option<IpAddr>) -> Result<Value, OAuthError> {
+    pub fn token(
+        &self,
+        form: &HashMap<String, String>,
+        basic: bool,
+        source: Option<IpAddr>,
+    ) -> Result<Value, OAuthError> {
         if basic {
-            return Err(OAuthError::new(401, "invalid_client", "HTTP Basic is not accepted; send client_id (and client_secret for a confidential client) in the form body"));
+            return Err(OAuthError::new(
+                401,
+                "invalid_client",
+                "HTTP Basic is not accepted; send client_id (and client_secret for a confidential client) in the form body",
+            ));
         }
         let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
-        let client_id = get("client_id").ok_or_else(|| OAuthError::bad("invalid_request", "client_id is required"))?;
+        let client_id = get("client_id")
+            .ok_or_else(|| OAuthError::bad("invalid_request", "client_id is required"))?;
         let client = self
             .inner
             .store
             .get_client(client_id)
             .map_err(OAuthError::server)?
-            .ok_or_else(|| OAuthError::new(401, "invalid_client", format!("unknown client {client_id:?}")))?;
+            .ok_or_else(|| {
+                OAuthError::new(
+                    401,
+                    "invalid_client",
+                    format!("unknown client {client_id:?}"),
+                )
+            })?;
         if let Some(want) = &client.secret_hash {
-            let given = get("client_secret").map(|s| sha256_hex(s.as_bytes())).unwrap_or_default();
+            let given = get("client_secret")
+                .map(|s| sha256_hex(s.as_bytes()))
+                .unwrap_or_default();
             if !ct_eq(given.as_bytes(), want.as_bytes()) {
-                return Err(OAuthError::new(401, "invalid_client", "client authentication failed: wrong or missing client_secret"));
+                return Err(OAuthError::new(
+                    401,
+                    "invalid_client",
+                    "client authentication failed: wrong or missing client_secret",
+                ));
             }
         }
         let source = source.map(|s| s.to_string());
         match get("grant_type") {
             Some("authorization_code") => self.exchange_code(&client, &get, source.as_deref()),
             Some("refresh_token") => self.refresh(&client, &get, source.as_deref()),
-            Some(other) => Err(OAuthError::bad("unsupported_grant_type", format!("grant_type {other:?} is not supported; use authorization_code or refresh_token"))),
+            Some(other) => Err(OAuthError::bad(
+                "unsupported_grant_type",
+                format!(
+                    "grant_type {other:?} is not supported; use authorization_code or refresh_token"
+                ),
+            )),
             None => Err(OAuthError::bad("invalid_request", "grant_type is required")),
         }
     }
 
-    fn exchange_code<'a>(&self, client: &ClientRow, get: &impl Fn(&str) -> Option<&'a str>, source: Option<&str>) -> Result<Value, OAuthError> {
+    fn exchange_code<'a>(
+        &self,
+        client: &ClientRow,
+        get: &impl Fn(&str) -> Option<&'a str>,
+        source: Option<&str>,
+    ) -> Result<Value, OAuthError> {
         let invalid = |d: &str| OAuthError::bad("invalid_grant", d);
-        let code = get("code").ok_or_else(|| OAuthError::bad("invalid_request", "code is required"))?;
-        let verifier = get("code_verifier").ok_or_else(|| OAuthError::bad("invalid_request", "code_verifier is required (PKCE)"))?;
+        let code =
+            get("code").ok_or_else(|| OAuthError::bad("invalid_request", "code is required"))?;
+        let verifier = get("code_verifier").ok_or_else(|| {
+            OAuthError::bad("invalid_request", "code_verifier is required (PKCE)")
+        })?;
         let now = now_ms();
-        let row = match self.inner.store.take_code(&sha256_hex(code.as_bytes()), now).map_err(OAuthError::server)? {
+        let row = match self
+            .inner
+            .store
+            .take_code(&sha256_hex(code.as_bytes()), now)
+            .map_err(OAuthError::server)?
+        {
             Take::Fresh(row) => row,
             Take::Replayed { grant_id } => {
                 if let Some(g) = grant_id {
-                    let _ = self.inner.store.revoke_grant(&g, "authorization code replayed", now);
-                    self.inner.audit.security("code_reuse", Who { client_id: Some(&client.client_id), source, ..Default::default() }, Some(format!("login {g} revoked")));
+                    let _ = self
+                        .inner
+                        .store
+                        .revoke_grant(&g, "authorization code replayed", now);
+                    self.inner.audit.security(
+                        "code_reuse",
+                        Who {
+                            client_id: Some(&client.client_id),
+                            source,
+                            ..Default::default()
+                        },
+                        Some(format!("login {g} revoked")),
+                    );
                 }
-                return Err(invalid("the authorization code was already used; every token issued from it is now revoked"));
+                return Err(invalid(
+                    "the authorization code was already used; every token issued from it is now revoked",
+                ));
             }
             Take::Missing => return Err(invalid("unknown authorization code")),
         };
-        let grant = self.inner.store.get_grant(&row.grant_id).map_err(OAuthError::server)?.ok_or_else(|| invalid("unknown authorization code"))?;
+        let grant = self
+            .inner
+            .store
+            .get_grant(&row.grant_id)
+            .map_err(OAuthError::server)?
+            .ok_or_else(|| invalid("unknown authorization code"))?;
         if grant.client_id != client.client_id {
-            return Err(invalid("the authorization code was issued to another client"));
+            return Err(invalid(
+                "the authorization code was issued to another client",
+            ));
         }
         if row.expires_ms <= now {
-            return Err(invalid("the authorization code expired (codes live 60 seconds)"));
+            return Err(invalid(
+                "the authorization code expired (codes live 60 seconds)",
+            ));
         }
-        if get("redirect_uri").is_some_and(|u| u != row.redirect_uri) || (get("redirect_uri").is_none()) {
-            return Err(invalid("redirect_uri must be given and equal the one used at /authorize"));
+        if get("redirect_uri").is_some_and(|u| u != row.redirect_uri)
+            || (get("redirect_uri").is_none())
+        {
+            return Err(invalid(
+                "redirect_uri must be given and equal the one used at /authorize",
+            ));
         }
-        if !(43..=128).contains(&verifier.len()) || !verifier.bytes().all(|b| is_b64url(b) || b == b'.' || b == b'~') {
-            return Err(invalid("code_verifier must be 43-128 characters of [A-Za-z0-9-._~]"));
+        if !(43..=128).contains(&verifier.len())
+            || !verifier
+                .bytes()
+                .all(|b| is_b64url(b) || b == b'.' || b == b'~')
+        {
+            return Err(invalid(
+                "code_verifier must be 43-128 characters of [A-Za-z0-9-._~]",
+            ));
         }
         let computed = pkce_s256(verifier);
         if !ct_eq(computed.as_bytes(), row.challenge.as_bytes()) {
@@ -573,33 +812,80 @@ impl Auth {
             return Err(invalid("this login was revoked"));
         }
         let scopes = Scopes::parse(&grant.scopes).unwrap_or_default();
-        let out = self.issue_pair(&grant, scopes).map_err(OAuthError::server)?;
-        self.inner.audit.security("token_issue", Who { user: Some(&grant.user_name), client_id: Some(&client.client_id), source, ..Default::default() }, Some(format!("login {} scopes [{scopes}]", grant.id)));
+        let out = self
+            .issue_pair(&grant, scopes)
+            .map_err(OAuthError::server)?;
+        self.inner.audit.security(
+            "token_issue",
+            Who {
+                user: Some(&grant.user_name),
+                client_id: Some(&client.client_id),
+                source,
+                ..Default::default()
+            },
+            Some(format!("login {} scopes [{scopes}]", grant.id)),
+        );
         Ok(out)
     }
 
-    fn refresh<'a>(&self, client: &ClientRow, get: &impl Fn(&str) -> Option<&'a str>, source: Option<&str>) -> Result<Value, OAuthError> {
+    fn refresh<'a>(
+        &self,
+        client: &ClientRow,
+        get: &impl Fn(&str) -> Option<&'a str>,
+        source: Option<&str>,
+    ) -> Result<Value, OAuthError> {
         let invalid = |d: &str| OAuthError::bad("invalid_grant", d);
-        let token = get("refresh_token").ok_or_else(|| OAuthError::bad("invalid_request", "refresh_token is required"))?;
+        let token = get("refresh_token")
+            .ok_or_else(|| OAuthError::bad("invalid_request", "refresh_token is required"))?;
         let now = now_ms();
-        let row = match self.inner.store.take_refresh(&sha256_hex(token.as_bytes()), now).map_err(OAuthError::server)? {
+        let row = match self
+            .inner
+            .store
+            .take_refresh(&sha256_hex(token.as_bytes()), now)
+            .map_err(OAuthError::server)?
+        {
             Take::Fresh(row) => row,
             Take::Replayed { grant_id } => {
                 if let Some(g) = grant_id {
-                    let _ = self.inner.store.revoke_grant(&g, "refresh token reused", now);
-                    self.inner.audit.security("token_reuse", Who { client_id: Some(&client.client_id), source, ..Default::default() }, Some(format!("login {g} revoked")));
+                    let _ = self
+                        .inner
+                        .store
+                        .revoke_grant(&g, "refresh token reused", now);
+                    self.inner.audit.security(
+                        "token_reuse",
+                        Who {
+                            client_id: Some(&client.client_id),
+                            source,
+                            ..Default::default()
+                        },
+                        Some(format!("login {g} revoked")),
+                    );
                 }
-                return Err(invalid("this refresh token was already used; the whole login is now revoked, log in again"));
+                return Err(invalid(
+                    "this refresh token was already used; the whole login is now revoked, log in again",
+                ));
             }
             Take::Missing => return Err(invalid("unknown refresh token")),
         };
         let grant_id = row.grant_id.clone().unwrap_or_default();
-        let grant = self.inner.store.get_grant(&grant_id).map_err(OAuthError::server)?.ok_or_else(|| invalid("unknown refresh token"))?;
+        let grant = self
+            .inner
+            .store
+            .get_grant(&grant_id)
+            .map_err(OAuthError::server)?
+            .ok_or_else(|| invalid("unknown refresh token"))?;
         if grant.client_id != client.client_id {
-            let _ = self.inner.store.revoke_grant(&grant.id, "refresh token presented by another client", now);
+            let _ = self.inner.store.revoke_grant(
+                &grant.id,
+                "refresh token presented by another client",
+                now,
+            );
             return Err(invalid("the refresh token belongs to another client"));
         }
-        if grant.revoked_ms.is_some() || grant.expires_ms <= now || row.expires_ms.is_some_and(|e| e <= now) {
+        if grant.revoked_ms.is_some()
+            || grant.expires_ms <= now
+            || row.expires_ms.is_some_and(|e| e <= now)
+        {
             return Err(invalid("this login was revoked or expired; log in again"));
         }
         let granted = Scopes::parse(&grant.scopes).unwrap_or_default();
@@ -607,7 +893,10 @@ impl Auth {
             Some(s) => {
                 let asked = Scopes::parse(s).map_err(|e| OAuthError::bad("invalid_scope", e))?;
                 if !asked.is_subset(granted) {
-                    return Err(OAuthError::bad("invalid_scope", format!("a refresh may only narrow the scopes [{granted}]")));
+                    return Err(OAuthError::bad(
+                        "invalid_scope",
+                        format!("a refresh may only narrow the scopes [{granted}]"),
+                    ));
                 }
                 asked
             }
@@ -615,21 +904,43 @@ impl Auth {
         };
         self.same_resource(get("resource"), &grant.resource)?;
         let expires = now + self.config().refresh_ttl.as_millis() as i64;
-        self.inner.store.touch_grant(&grant.id, now, expires).map_err(OAuthError::server)?;
-        let out = self.issue_pair(&grant, scopes).map_err(OAuthError::server)?;
-        self.inner.audit.security("token_refresh", Who { user: Some(&grant.user_name), client_id: Some(&client.client_id), source, ..Default::default() }, Some(format!("login {}", grant.id)));
+        self.inner
+            .store
+            .touch_grant(&grant.id, now, expires)
+            .map_err(OAuthError::server)?;
+        let out = self
+            .issue_pair(&grant, scopes)
+            .map_err(OAuthError::server)?;
+        self.inner.audit.security(
+            "token_refresh",
+            Who {
+                user: Some(&grant.user_name),
+                client_id: Some(&client.client_id),
+                source,
+                ..Default::default()
+            },
+            Some(format!("login {}", grant.id)),
+        );
         Ok(out)
     }
 
     /// A new access token and refresh token for `grant`.
-    fn issue_pair(&self, grant: &GrantRow, scopes: Scopes) -> Result<Value, crate::store::StoreError> {
+    fn issue_pair(
+        &self,
+        grant: &GrantRow,
+        scopes: Scopes,
+    ) -> Result<Value, crate::store::StoreError> {
         let now = now_ms();
         let access = new_secret(ACCESS_PREFIX);
         let refresh = new_secret(REFRESH_PREFIX);
         let ttl = self.config().access_ttl;
         for (secret, kind, expires) in [
             (&access, ACCESS, now + ttl.as_millis() as i64),
-            (&refresh, REFRESH, now + self.config().refresh_ttl.as_millis() as i64),
+            (
+                &refresh,
+                REFRESH,
+                now + self.config().refresh_ttl.as_millis() as i64,
+            ),
         ] {
             self.inner.store.insert_token(&TokenRow {
                 hash: sha256_hex(secret.as_bytes()),
@@ -660,11 +971,29 @@ impl Auth {
     /// Revoking a refresh token ends its whole login.
     pub fn revoke(&self, form: &HashMap<String, String>, basic: bool) -> Result<(), OAuthError> {
         if basic {
-            return Err(OAuthError::new(401, "invalid_client", "HTTP Basic is not accepted"));
+            return Err(OAuthError::new(
+                401,
+                "invalid_client",
+                "HTTP Basic is not accepted",
+            ));
         }
-        let token = form.get("token").filter(|t| !t.is_empty()).ok_or_else(|| OAuthError::bad("invalid_request", "token is required"))?;
-        let grant = self.inner.store.revoke_token_hash(&sha256_hex(token.as_bytes()), now_ms()).map_err(OAuthError::server)?;
-        self.inner.audit.security("token_revoke", Who { client_id: form.get("client_id").map(String::as_str), ..Default::default() }, grant.map(|g| format!("login {g} revoked")));
+        let token = form
+            .get("token")
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| OAuthError::bad("invalid_request", "token is required"))?;
+        let grant = self
+            .inner
+            .store
+            .revoke_token_hash(&sha256_hex(token.as_bytes()), now_ms())
+            .map_err(OAuthError::server)?;
+        self.inner.audit.security(
+            "token_revoke",
+            Who {
+                client_id: form.get("client_id").map(String::as_str),
+                ..Default::default()
+            },
+            grant.map(|g| format!("login {g} revoked")),
+        );
         Ok(())
     }
 }
@@ -681,7 +1010,8 @@ fn is_b64url(b: u8) -> bool {
 pub fn pkce_s256(verifier: &str) -> String {
     use base64::Engine;
     use sha2::Digest;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()))
 }
 
 #[cfg(test)]

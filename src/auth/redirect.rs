@@ -34,10 +34,9 @@ fn parse(uri: &str) -> Result<Parsed<'_>, String> {
     if uri.len() > 2000 {
         return Err("redirect URI longer than 2000 characters".into());
     }
-    if let Some(c) = uri
-        .chars()
-        .find(|c| !c.is_ascii_graphic() || matches!(c, '\\' | '<' | '>' | '"' | '{' | '}' | '|' | '^' | '`'))
-    {
+    if let Some(c) = uri.chars().find(|c| {
+        !c.is_ascii_graphic() || matches!(c, '\\' | '<' | '>' | '"' | '{' | '}' | '|' | '^' | '`')
+    }) {
         return Err(format!(
             "redirect URI contains {c:?}; it must be plain ASCII without spaces or backslashes"
         ));
@@ -53,14 +52,21 @@ fn parse(uri: &str) -> Result<Parsed<'_>, String> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c));
     if !valid_scheme {
-        return Err(format!("redirect URI scheme {scheme:?} is not a lower-case URI scheme"));
+        return Err(format!(
+            "redirect URI scheme {scheme:?} is not a lower-case URI scheme"
+        ));
     }
     if FORBIDDEN_SCHEMES.contains(&scheme) {
         return Err(format!("redirect URI scheme {scheme:?} is not allowed"));
     }
     if scheme != "http" && scheme != "https" {
         // A private-use scheme of a native app (RFC 8252 section 7.1).
-        if after.starts_with("//") && after[2..].split(['/', '?']).next().is_some_and(|a| a.contains('@')) {
+        if after.starts_with("//")
+            && after[2..]
+                .split(['/', '?'])
+                .next()
+                .is_some_and(|a| a.contains('@'))
+        {
             return Err("redirect URI must not carry user information (…@)".into());
         }
         return Ok(Parsed {
@@ -88,7 +94,9 @@ fn parse(uri: &str) -> Result<Parsed<'_>, String> {
                 .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
     };
     if !host_ok {
-        return Err(format!("redirect URI host {host:?} is not a valid host name"));
+        return Err(format!(
+            "redirect URI host {host:?} is not a valid host name"
+        ));
     }
     let path = rest.split('?').next().unwrap_or("");
     if path.split('/').any(|seg| seg == "." || seg == "..") {
@@ -191,7 +199,11 @@ mod tests {
             "com.example.app:/oauth",
             "cursor://anysphere.cursor-retrieval/oauth/callback",
         ] {
-            assert!(check_registration(ok).is_ok(), "{ok}: {:?}", check_registration(ok));
+            assert!(
+                check_registration(ok).is_ok(),
+                "{ok}: {:?}",
+                check_registration(ok)
+            );
         }
         for bad in [
             "http://app.example.com/cb",
@@ -239,8 +251,14 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert_eq!(origin("http://127.0.0.1:3000/cb").as_deref(), Some("http://127.0.0.1:3000"));
-        assert_eq!(origin("https://a.example/cb").as_deref(), Some("https://a.example"));
+        assert_eq!(
+            origin("http://127.0.0.1:3000/cb").as_deref(),
+            Some("http://127.0.0.1:3000")
+        );
+        assert_eq!(
+            origin("https://a.example/cb").as_deref(),
+            Some("https://a.example")
+        );
         assert_eq!(origin("com.example.app:/cb"), None);
         assert_eq!(display_target("https://a.example/cb"), "a.example");
     }

@@ -220,7 +220,11 @@ mod tests {
         assert_eq!(s.to_string(), "exec files:read");
         assert_eq!(Scopes::parse("all").unwrap(), Scopes::all());
         assert!(Scopes::parse("exec root").unwrap_err().contains("root"));
-        assert!(Scopes::parse("files:read").unwrap().is_subset(Scopes::all()));
+        assert!(
+            Scopes::parse("files:read")
+                .unwrap()
+                .is_subset(Scopes::all())
+        );
         assert!(!Scopes::all().is_subset(s));
     }
 

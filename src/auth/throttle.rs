@@ -142,12 +142,13 @@ mod tests {
         let refused = t.attempt_at(a, now).unwrap_err();
         assert!(refused.retry_after <= Duration::from_secs(6), "{refused:?}");
         assert!(!refused.first, "the streak began with the 11th attempt");
-        assert!(t.attempt_at(b, now).is_ok(), "another source is not limited");
+        assert!(
+            t.attempt_at(b, now).is_ok(),
+            "another source is not limited"
+        );
         // A minute later the source has earned ten more attempts, no more.
         let later = now + Duration::from_secs(60);
-        let passed = (0..1000)
-            .filter(|_| t.attempt_at(a, later).is_ok())
-            .count();
+        let passed = (0..1000).filter(|_| t.attempt_at(a, later).is_ok()).count();
         assert_eq!(passed, 10);
     }
 
@@ -160,8 +161,14 @@ mod tests {
         let now = Instant::now();
         assert!(t.attempt_at("2001:db8::1".parse().unwrap(), now).is_ok());
         assert!(t.attempt_at("2001:db8::2".parse().unwrap(), now).is_err());
-        assert!(t.attempt_at("2001:db8:0:1::1".parse().unwrap(), now).is_ok());
-        assert!(t.attempt_at("::ffff:10.0.0.9".parse().unwrap(), now).is_ok());
+        assert!(
+            t.attempt_at("2001:db8:0:1::1".parse().unwrap(), now)
+                .is_ok()
+        );
+        assert!(
+            t.attempt_at("::ffff:10.0.0.9".parse().unwrap(), now)
+                .is_ok()
+        );
         assert!(t.attempt_at("10.0.0.9".parse().unwrap(), now).is_err());
     }
 }

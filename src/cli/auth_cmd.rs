@@ -110,10 +110,16 @@ pub(crate) fn set_auth(config: Config, args: SetAuthArgs) -> anyhow::Result<Exit
     crate::auth::set_user(&store, &args.user, &password, scopes, &hosts)?;
     Audit::new(store).security(
         "user_set",
-        crate::audit::Who { user: Some(&args.user), ..Default::default() },
+        crate::audit::Who {
+            user: Some(&args.user),
+            ..Default::default()
+        },
         Some(format!("scopes [{scopes}] hosts [{hosts}]")),
     );
-    eprintln!("user {:?} saved (scopes: {scopes}; hosts: {hosts})", args.user);
+    eprintln!(
+        "user {:?} saved (scopes: {scopes}; hosts: {hosts})",
+        args.user
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -142,7 +148,13 @@ fn prompt_hidden(prompt: &str) -> anyhow::Result<String> {
 pub(crate) fn token(config: Config, action: TokenAction) -> anyhow::Result<ExitCode> {
     let store = open_store(&config)?;
     match action {
-        TokenAction::Create { name, scope, hosts, expires, user } => {
+        TokenAction::Create {
+            name,
+            scope,
+            hosts,
+            expires,
+            user,
+        } => {
             let user = match user {
                 Some(u) => u,
                 None => {
@@ -181,7 +193,10 @@ pub(crate) fn token(config: Config, action: TokenAction) -> anyhow::Result<ExitC
         }
         TokenAction::List => {
             let now = now_ms();
-            println!("{:<16} {:<16} {:<10} {:<24} {:<12} {:<10} {:<10}", "ID", "NAME", "USER", "SCOPES", "HOSTS", "EXPIRES", "LAST USED");
+            println!(
+                "{:<16} {:<16} {:<10} {:<24} {:<12} {:<10} {:<10}",
+                "ID", "NAME", "USER", "SCOPES", "HOSTS", "EXPIRES", "LAST USED"
+            );
             for t in store.list_pats()? {
                 let expires = match (t.revoked_ms, t.expires_ms) {
                     (Some(_), _) => "revoked".to_owned(),
@@ -189,7 +204,10 @@ pub(crate) fn token(config: Config, action: TokenAction) -> anyhow::Result<ExitC
                     (None, Some(e)) => format!("in {}", age(e - now)),
                     (None, None) => "never".to_owned(),
                 };
-                let seen = t.last_seen_ms.map(|s| format!("{} ago", age(now - s))).unwrap_or_else(|| "never".into());
+                let seen = t
+                    .last_seen_ms
+                    .map(|s| format!("{} ago", age(now - s)))
+                    .unwrap_or_else(|| "never".into());
                 println!(
                     "{:<16} {:<16} {:<10} {:<24} {:<12} {:<10} {:<10}",
                     t.id,
@@ -209,7 +227,10 @@ pub(crate) fn token(config: Config, action: TokenAction) -> anyhow::Result<ExitC
             }
             Audit::new(store.clone()).security(
                 "token_revoke",
-                crate::audit::Who { token_id: Some(&ids.join(",")), ..Default::default() },
+                crate::audit::Who {
+                    token_id: Some(&ids.join(",")),
+                    ..Default::default()
+                },
                 Some("revoked from the command line".into()),
             );
             eprintln!("revoked {}", ids.join(", "));
@@ -225,12 +246,19 @@ pub(crate) fn sessions(config: Config, args: SessionsArgs) -> anyhow::Result<Exi
         if !store.revoke_grant(&id, "revoked from the command line", now)? {
             bail!("no live login {id:?} (see `mcpsh sessions`)");
         }
-        Audit::new(store).security("token_revoke", crate::audit::Who::default(), Some(format!("login {id} revoked from the command line")));
+        Audit::new(store).security(
+            "token_revoke",
+            crate::audit::Who::default(),
+            Some(format!("login {id} revoked from the command line")),
+        );
         eprintln!("revoked login {id} and its tokens");
         return Ok(ExitCode::SUCCESS);
     }
     let grants = store.list_grants((!args.all).then_some(now))?;
-    println!("{:<18} {:<10} {:<28} {:<30} {:<10} {:<12} {:<10}", "ID", "USER", "CLIENT", "SCOPES", "STARTED", "LAST REFRESH", "EXPIRES");
+    println!(
+        "{:<18} {:<10} {:<28} {:<30} {:<10} {:<12} {:<10}",
+        "ID", "USER", "CLIENT", "SCOPES", "STARTED", "LAST REFRESH", "EXPIRES"
+    );
     for g in grants {
         let client = store
             .get_client(&g.client_id)?
@@ -248,7 +276,9 @@ pub(crate) fn sessions(config: Config, args: SessionsArgs) -> anyhow::Result<Exi
             client.chars().take(28).collect::<String>(),
             g.scopes.replace(' ', ","),
             format!("{} ago", age(now - g.created_ms)),
-            g.refreshed_ms.map(|r| format!("{} ago", age(now - r))).unwrap_or_else(|| "-".into()),
+            g.refreshed_ms
+                .map(|r| format!("{} ago", age(now - r)))
+                .unwrap_or_else(|| "-".into()),
             expires
         );
     }
@@ -269,7 +299,11 @@ pub(crate) async fn audit(config: Config, args: AuditArgs) -> anyhow::Result<Exi
     };
     let mut out = std::io::stdout().lock();
     if !args.json {
-        writeln!(out, "{:<19} {:<14} {:<10} {:<12} {:<22} {:<8} {:<5} TARGET / DETAIL", "TIME (UTC)", "EVENT", "USER", "TOKEN", "TOOL/ACTION@HOST", "OUTCOME", "EXIT")?;
+        writeln!(
+            out,
+            "{:<19} {:<14} {:<10} {:<12} {:<22} {:<8} {:<5} TARGET / DETAIL",
+            "TIME (UTC)", "EVENT", "USER", "TOKEN", "TOOL/ACTION@HOST", "OUTCOME", "EXIT"
+        )?;
     }
     loop {
         let rows = store.list_audit(&filter)?;
@@ -336,7 +370,12 @@ fn utc(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

@@ -137,7 +137,11 @@ pub(crate) fn parse_span(s: &str) -> anyhow::Result<std::time::Duration> {
     let unit = s.chars().last().unwrap_or(' ');
     let n: u64 = s[..s.len() - unit.len_utf8().min(s.len())]
         .parse()
-        .map_err(|_| anyhow::anyhow!("bad time span {s:?}: use a number and a unit, like 90s, 10m, 12h, 30d or 2w"))?;
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "bad time span {s:?}: use a number and a unit, like 90s, 10m, 12h, 30d or 2w"
+            )
+        })?;
     let secs = match unit {
         's' => n,
         'm' => n * 60,

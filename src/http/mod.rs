@@ -84,11 +84,12 @@ impl Guard {
             .unwrap_or(&authority)
             .to_owned();
         self.hosts.push(bare.clone());
-        self.hosts.push(if bare.ends_with(']') || !bare.contains(':') {
-            format!("{bare}:{default_port}")
-        } else {
-            bare.clone()
-        });
+        self.hosts
+            .push(if bare.ends_with(']') || !bare.contains(':') {
+                format!("{bare}:{default_port}")
+            } else {
+                bare.clone()
+            });
         self.origins.push(format!("{scheme}://{bare}"));
         self
     }
@@ -167,7 +168,7 @@ pub async fn run(
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    .await
 }
 
 #[cfg(test)]

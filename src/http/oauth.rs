@@ -26,8 +26,14 @@ const PRM_PATH: &str = "/.well-known/oauth-protected-resource/mcp";
 pub(super) fn routes(auth: Auth) -> Router {
     Router::new()
         .route(PRM_PATH, get(resource_metadata))
-        .route("/.well-known/oauth-protected-resource", get(resource_metadata))
-        .route("/.well-known/oauth-authorization-server", get(server_metadata))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(server_metadata),
+        )
         .route("/register", post(register))
         .route("/authorize", get(authorize).post(authorize_post))
         .route("/token", post(token))
@@ -49,7 +55,9 @@ pub(super) async fn require_bearer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim().to_owned())
         });
     let Some(bearer) = presented.filter(|b| !b.is_empty()) else {
         return unauthorized(&auth, None);
@@ -59,10 +67,17 @@ pub(super) async fn require_bearer(
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
-        Err(crate::auth::BearerError::Invalid) => unauthorized(&auth, Some("the access token is unknown, revoked or expired")),
+        Err(crate::auth::BearerError::Invalid) => unauthorized(
+            &auth,
+            Some("the access token is unknown, revoked or expired"),
+        ),
         Err(e) => {
             tracing::error!(error = %e, "cannot check a bearer token");
-            (StatusCode::SERVICE_UNAVAILABLE, "cannot check the token right now; retry").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot check the token right now; retry",
+            )
+                .into_response()
         }
     }
 }
@@ -73,7 +88,9 @@ fn unauthorized(auth: &Auth, invalid: Option<&str>) -> Response {
         auth.config().issuer
     );
     if let Some(why) = invalid {
-        value.push_str(&format!(", error=\"invalid_token\", error_description=\"{why}\""));
+        value.push_str(&format!(
+            ", error=\"invalid_token\", error_description=\"{why}\""
+        ));
     }
     let mut resp = (
         StatusCode::UNAUTHORIZED,
@@ -133,7 +150,9 @@ async fn authorize(State(auth): State<Auth>, RawQuery(query): RawQuery) -> Respo
     };
     match auth.authorize(&params).await {
         Ok(consent) => super::page::login(&consent, StatusCode::OK, is_https(&auth)),
-        Err(crate::auth::oauth::Refusal::Page(msg)) => super::page::error(StatusCode::BAD_REQUEST, &msg),
+        Err(crate::auth::oauth::Refusal::Page(msg)) => {
+            super::page::error(StatusCode::BAD_REQUEST, &msg)
+        }
         Err(crate::auth::oauth::Refusal::Redirect(url)) => redirect(&url),
     }
 }
@@ -145,7 +164,10 @@ async fn authorize_post(
     body: Bytes,
 ) -> Response {
     if !content_type_is(&headers, "application/x-www-form-urlencoded") {
-        return super::page::error(StatusCode::BAD_REQUEST, "the login form must be posted as a form");
+        return super::page::error(
+            StatusCode::BAD_REQUEST,
+            "the login form must be posted as a form",
+        );
     }
     let form = match parse_params(&body) {
         Ok(f) => f,
@@ -173,7 +195,10 @@ async fn authorize_post(
             StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED),
             secure,
         ),
-        Finish::Throttled { consent, retry_after } => {
+        Finish::Throttled {
+            consent,
+            retry_after,
+        } => {
             let mut resp = super::page::login(&consent, StatusCode::TOO_MANY_REQUESTS, secure);
             if let Ok(v) = HeaderValue::from_str(&(retry_after.as_secs() + 1).to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -216,7 +241,8 @@ fn form_body(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>
         return Err(OAuthError {
             status: 400,
             error: "invalid_request",
-            description: "send the request as Content-Type: application/x-www-form-urlencoded".into(),
+            description: "send the request as Content-Type: application/x-www-form-urlencoded"
+                .into(),
         });
     }
     parse_params(body).map_err(|e| OAuthError {
@@ -275,11 +301,16 @@ fn redirect(url: &str) -> Response {
             resp.headers_mut().insert(header::LOCATION, v);
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            resp.headers_mut()
-                .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            resp.headers_mut().insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
             resp
         }
-        Err(_) => super::page::error(StatusCode::BAD_REQUEST, "the redirect URI cannot be used in a header"),
+        Err(_) => super::page::error(
+            StatusCode::BAD_REQUEST,
+            "the redirect URI cannot be used in a header",
+        ),
     }
 }
 

@@ -40,8 +40,14 @@ fn secure_headers(resp: &mut Response, form_action: &str) {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
@@ -53,7 +59,13 @@ pub(super) fn login(c: &Consent, status: StatusCode, secure_cookie: bool) -> Res
     let scopes: String = c
         .scopes
         .iter()
-        .map(|s| format!("<li><code>{}</code>: {}</li>", s.as_str(), esc(s.describe())))
+        .map(|s| {
+            format!(
+                "<li><code>{}</code>: {}</li>",
+                s.as_str(),
+                esc(s.describe())
+            )
+        })
         .collect();
     let message = c
         .message
@@ -112,6 +124,9 @@ mod tests {
 
     #[test]
     fn values_are_escaped() {
-        assert_eq!(esc("<a href=\"x\">'&"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;");
+        assert_eq!(
+            esc("<a href=\"x\">'&"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;"
+        );
     }
 }

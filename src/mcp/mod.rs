@@ -77,7 +77,9 @@ impl McpServer {
             .and_then(|parts| parts.extensions.get::<Principal>())
             .or(self.default_principal.as_ref())
             .cloned()
-            .ok_or_else(|| ErrorData::invalid_request("no authenticated caller for this request", None))
+            .ok_or_else(|| {
+                ErrorData::invalid_request("no authenticated caller for this request", None)
+            })
     }
 }
 
@@ -96,7 +98,9 @@ fn scope_for(tool: &str) -> Scope {
 /// raw arguments so that every tool is covered the same way.
 fn describe(tool: &str, args: &serde_json::Map<String, serde_json::Value>) -> (Call, Vec<String>) {
     let text = |k: &str| args.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let host = text("host").filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into());
+    let host = text("host")
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into());
     let mut hosts = vec![host.clone()];
     if let Some(list) = args.get("hosts").and_then(|v| v.as_array()) {
         hosts.extend(list.iter().filter_map(|h| h.as_str()).map(str::to_owned));
@@ -129,9 +133,16 @@ fn outcome(result: &CallToolResult, started: std::time::Instant) -> AuditEnd {
             .and_then(|v| v.as_i64())
     };
     AuditEnd {
-        outcome: if result.is_error == Some(true) { "error" } else { "ok" }.into(),
+        outcome: if result.is_error == Some(true) {
+            "error"
+        } else {
+            "ok"
+        }
+        .into(),
         exit_code: field("exit_code").map(|c| c as i32),
-        bytes: field("total_bytes").or_else(|| field("bytes")).map(|b| b as u64),
+        bytes: field("total_bytes")
+            .or_else(|| field("bytes"))
+            .map(|b| b as u64),
         duration_ms: started.elapsed().as_millis() as u64,
         detail: None,
     }

@@ -67,7 +67,9 @@ pub enum Take<T> {
     /// Unused until now; it is now marked used.
     Fresh(T),
     /// Already used (or revoked): a replay. Carries the grant to revoke.
-    Replayed { grant_id: Option<String> },
+    Replayed {
+        grant_id: Option<String>,
+    },
     Missing,
 }
 
@@ -591,15 +593,29 @@ mod tests {
             expires_ms: 100,
         };
         store.insert_code(&code).unwrap();
-        assert!(matches!(store.take_code("code", 5).unwrap(), Take::Fresh(c) if c.challenge == "ch"));
-        assert!(matches!(store.take_code("code", 6).unwrap(), Take::Replayed { grant_id: Some(g) } if g == "g1"));
+        assert!(
+            matches!(store.take_code("code", 5).unwrap(), Take::Fresh(c) if c.challenge == "ch")
+        );
+        assert!(
+            matches!(store.take_code("code", 6).unwrap(), Take::Replayed { grant_id: Some(g) } if g == "g1")
+        );
         assert!(matches!(store.take_code("nope", 6).unwrap(), Take::Missing));
 
-        store.insert_token(&token("a1", ACCESS, Some("g1"))).unwrap();
-        store.insert_token(&token("r1", REFRESH, Some("g1"))).unwrap();
+        store
+            .insert_token(&token("a1", ACCESS, Some("g1")))
+            .unwrap();
+        store
+            .insert_token(&token("r1", REFRESH, Some("g1")))
+            .unwrap();
         assert!(matches!(store.take_refresh("r1", 7).unwrap(), Take::Fresh(t) if t.id == "id-r1"));
-        assert!(matches!(store.take_refresh("r1", 8).unwrap(), Take::Replayed { .. }));
-        assert!(matches!(store.take_refresh("a1", 8).unwrap(), Take::Missing), "an access token is no refresh token");
+        assert!(matches!(
+            store.take_refresh("r1", 8).unwrap(),
+            Take::Replayed { .. }
+        ));
+        assert!(
+            matches!(store.take_refresh("a1", 8).unwrap(), Take::Missing),
+            "an access token is no refresh token"
+        );
 
         let found = store.find_token("a1", 9).unwrap().unwrap();
         assert!(!found.grant_dead && found.user.is_some());

@@ -12,7 +12,9 @@ mod auth;
 mod migrations;
 
 pub use audit::{AuditEnd, AuditFilter, AuditRow};
-pub use auth::{ACCESS, ClientRow, CodeRow, GrantRow, PAT, REFRESH, Take, TokenFound, TokenRow, UserRow};
+pub use auth::{
+    ACCESS, ClientRow, CodeRow, GrantRow, PAT, REFRESH, Take, TokenFound, TokenRow, UserRow,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

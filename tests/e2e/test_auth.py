@@ -545,7 +545,7 @@ async def test_scope_by_action_matrix(auth_server, tmp_path, scopes):
 @pytest.mark.anyio
 async def test_host_patterns_limit_where_a_token_acts(auth_server):
     async with bearer_session(auth_server.base_url, pat(auth_server, "exec", name="all")) as s:
-        local_job = (await s.bash("echo local-secret"))["id"]
+        local_job = (await s.bash("echo local-secret"))["job"]
     bearer = pat(auth_server, "exec,files:read", hosts="web-*")
     async with bearer_session(auth_server.base_url, bearer) as s:
         # A local job's output stays out of reach, whatever `host` the call claims.
@@ -553,7 +553,7 @@ async def test_host_patterns_limit_where_a_token_acts(auth_server):
             r = await s.job("poll", **args)
             assert r.is_error and "local-secret" not in r.text and "not allowed" in r.text, args
         r = await s.job("list")
-        assert r.is_error and "pass `host`" in r.text
+        assert r.is_error and "not allowed" in r.text
         r = await s.bash("echo should-not-run")
         assert r.is_error and "outside the hosts" in r.text
         r = await s.call("file", {"action": "read", "path": "/etc/hostname", "host": "local"})
