@@ -17,6 +17,10 @@
 //! 5. Peak server and supervisor RSS while a job writes a large output.
 //! 6. `file grep` over a generated source tree (1 GiB; 64 MiB with
 //!    `--quick`) against `rg`, and the memory it takes.
+//! 7. `file read` deep in a large file through a server.
+//! 8. `auth`: a flood of wrong-password logins from one source while the
+//!    owner logs in from another (how many reach the password hasher), and
+//!    the cost of a bearer token on `/mcp`.
 //!
 //! Every server gets its own state directory under a temporary directory
 //! that is removed at the end; servers are stopped with SIGTERM (SIGKILL
@@ -25,12 +29,12 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -69,6 +73,8 @@ struct Opts {
     grep_bytes: u64,
     /// The line `file read` pages at (the file has a little more).
     read_line: u64,
+    /// Wrong-password logins in the `auth` section's flood.
+    login_flood: u64,
     /// Run only the sections whose name contains this.
     only: Option<String>,
 }
@@ -77,7 +83,8 @@ const USAGE: &str = "usage: mcpsh-bench [--server PATH] [--calls N] [--quick] [-
 
   --server PATH   the mcpsh binary (default: `mcpsh` next to this binary)
   --calls N       measured calls per round-trip metric (default 1000; --quick: 100)
-  --quick         small sizes for a smoke run (64 MiB spool, job and grep tree, 100 calls)
+  --quick         small sizes for a smoke run (64 MiB spool, job and grep tree, 100 calls,
+                  1,000 logins in the auth flood)
   --only NAME     run only the sections whose name contains NAME (e.g. grep)";
 
 fn parse_args() -> Result<Opts> {
@@ -133,6 +140,7 @@ fn parse_args() -> Result<Opts> {
         page_reads: if quick { 50 } else { 300 },
         grep_bytes: size,
         read_line: if quick { 1_000_000 } else { 10_000_000 },
+        login_flood: if quick { 1_000 } else { 10_000 },
         only,
     })
 }
@@ -220,14 +228,21 @@ impl Drop for Server {
     }
 }
 
-/// Start `mcpsh serve` on an ephemeral loopback port; returns the server and
-/// its address (read from its startup line on stderr).
-fn start_http(exe: &Path, state: &Path, env: &[(&str, String)]) -> Result<(Server, SocketAddr)> {
-    let mut cmd = Server::command(
-        exe,
-        state,
-        &["serve", "--insecure-no-auth", "--listen", "127.0.0.1:0"],
-    );
+/// `serve` arguments for a server without authentication.
+const NO_AUTH: &[&str] = &["--insecure-no-auth"];
+
+/// Start `mcpsh serve --listen 127.0.0.1:0 <serve>` (an ephemeral loopback
+/// port; with OAuth unless `serve` holds `--insecure-no-auth`); returns the
+/// server and its address (read from its startup line on stderr).
+fn start_http(
+    exe: &Path,
+    state: &Path,
+    serve: &[&str],
+    env: &[(&str, String)],
+) -> Result<(Server, SocketAddr)> {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(serve);
+    let mut cmd = Server::command(exe, state, &args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -331,12 +346,18 @@ struct HttpClient {
     connects: u32,
     /// Events in the last response if it was an SSE stream.
     last_sse_events: Option<usize>,
+    /// Sent as `Authorization: Bearer <token>` on every request.
+    bearer: Option<String>,
 }
 
 struct HttpResponse {
     status: u16,
     content_type: String,
     session: Option<String>,
+    /// `Location`, `Retry-After` and `Set-Cookie` (the OAuth pages).
+    location: Option<String>,
+    retry_after: Option<String>,
+    set_cookie: Option<String>,
     body: Vec<u8>,
 }
 
@@ -350,6 +371,7 @@ impl HttpClient {
             session: None,
             connects: 0,
             last_sse_events: None,
+            bearer: None,
         }
     }
 
@@ -374,6 +396,9 @@ impl HttpClient {
         }
         if let Some(s) = &self.session {
             write!(req, "Mcp-Session-Id: {s}\r\n")?;
+        }
+        if let Some(b) = &self.bearer {
+            write!(req, "Authorization: Bearer {b}\r\n")?;
         }
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);
@@ -408,6 +433,7 @@ fn read_response(r: &mut impl BufRead) -> Result<(HttpResponse, bool)> {
         let mut chunked = false;
         let mut keep = line.starts_with("HTTP/1.1");
         let mut session = None;
+        let (mut location, mut retry_after, mut set_cookie) = (None, None, None);
         loop {
             line.clear();
             if r.read_line(&mut line)? == 0 {
@@ -434,6 +460,9 @@ fn read_response(r: &mut impl BufRead) -> Result<(HttpResponse, bool)> {
                     }
                 }
                 "mcp-session-id" => session = Some(v.to_owned()),
+                "location" => location = Some(v.to_owned()),
+                "retry-after" => retry_after = Some(v.to_owned()),
+                "set-cookie" => set_cookie = Some(v.to_owned()),
                 _ => {}
             }
         }
@@ -459,6 +488,9 @@ fn read_response(r: &mut impl BufRead) -> Result<(HttpResponse, bool)> {
                 status,
                 content_type,
                 session,
+                location,
+                retry_after,
+                set_cookie,
                 body,
             },
             keep,
@@ -943,7 +975,7 @@ fn bench_floor(rep: &mut Report, o: &Opts, _tmp: &TempDir) -> Result<()> {
 
 fn bench_http(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
     let state = tmp.sub("http")?;
-    let (server, addr) = start_http(&o.server, &state, &[])?;
+    let (server, addr) = start_http(&o.server, &state, NO_AUTH, &[])?;
     let mut c = HttpClient::new(addr);
     let rt = round_trips(&mut c, o, server.pid())?;
     report_round_trips(rep, "HTTP", &rt, o.calls);
@@ -1196,6 +1228,7 @@ fn bench_memory(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
     let (server, addr) = start_http(
         &o.server,
         &state,
+        NO_AUTH,
         &[
             ("MCPSH_JOB_OUTPUT_CAP", cap.to_string()),
             ("MCPSH_SPOOL_QUOTA", (2 * cap).to_string()),
@@ -1586,7 +1619,7 @@ fn bench_file_read(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
     }
     let size = fs::metadata(&path)?.len();
     let state = tmp.sub("read-state")?;
-    let (server, addr) = start_http(&o.server, &state, &[])?;
+    let (server, addr) = start_http(&o.server, &state, NO_AUTH, &[])?;
     let mut c = HttpClient::new(addr);
     c.initialize()?;
     let target = o.read_line;
@@ -1658,6 +1691,530 @@ fn bench_file_read(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// 7: auth
+
+/// The user the auth section creates, and its password (>= 12 characters).
+const AUTH_USER: &str = "owner";
+const AUTH_PASSWORD: &str = "bench-owner-password-0";
+const WRONG_PASSWORD: &str = "not-the-password-0";
+/// The redirect URI the bench registers; nothing listens there, the code is
+/// read from the `Location` header.
+const REDIRECT_URI: &str = "http://127.0.0.1:9/cb";
+/// Longest the login flood may take.
+const FLOOD_LIMIT: Duration = Duration::from_secs(60);
+/// Connections (each with its own thread and form token chain) in the flood.
+const FLOOD_CONNS: usize = 4;
+
+/// `mcpsh <args>` against `state`, `stdin` on its stdin; its stdout.
+fn run_cli(exe: &Path, state: &Path, args: &[&str], stdin: &str) -> Result<String> {
+    let mut child = Server::command(exe, state, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return err(format!(
+            "mcpsh {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Create the bench's user in `state`.
+fn create_user(exe: &Path, state: &Path) -> Result<()> {
+    run_cli(
+        exe,
+        state,
+        &["set-auth", AUTH_USER, "--password-stdin"],
+        &format!("{AUTH_PASSWORD}\n"),
+    )?;
+    Ok(())
+}
+
+/// A TCP connection to `addr`, from `source` (any 127/8 address on
+/// loopback) if given.
+fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let Some(ip) = source else {
+        return Ok(TcpStream::connect(addr)?);
+    };
+    let family = if ip.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    rustix::net::bind(&fd, &SocketAddr::new(ip, 0))?;
+    rustix::net::connect(&fd, &addr)?;
+    Ok(TcpStream::from(fd))
+}
+
+/// Requests to the OAuth endpoints on one keep-alive connection, from a
+/// chosen source address.
+struct Web {
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl Web {
+    fn new(addr: SocketAddr, source: Option<IpAddr>) -> Web {
+        Web {
+            addr,
+            source,
+            conn: None,
+        }
+    }
+
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpResponse> {
+        if self.conn.is_none() {
+            let s = connect_from(self.addr, self.source)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            self.conn = Some(BufReader::with_capacity(16 * 1024, s));
+        }
+        let mut req = Vec::with_capacity(body.len() + 256);
+        write!(req, "{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr)?;
+        if method != "GET" {
+            write!(req, "Content-Length: {}\r\n", body.len())?;
+        }
+        for (k, v) in headers {
+            write!(req, "{k}: {v}\r\n")?;
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        let conn = self.conn.as_mut().expect("connected");
+        conn.get_mut().write_all(&req)?;
+        let (resp, keep) = read_response(conn)?;
+        if !keep {
+            self.conn = None;
+        }
+        Ok(resp)
+    }
+
+    /// Register a client and return the path of its authorization request.
+    fn authorize_path(&mut self) -> Result<String> {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let meta = json!({"redirect_uris": [REDIRECT_URI], "client_name": "mcpsh-bench"});
+        let r = self.send(
+            "POST",
+            "/register",
+            &[("Content-Type", "application/json")],
+            &serde_json::to_vec(&meta)?,
+        )?;
+        if r.status != 201 {
+            return err(format!(
+                "POST /register: HTTP {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ));
+        }
+        let v: Value = serde_json::from_slice(&r.body)?;
+        let client_id = v["client_id"]
+            .as_str()
+            .ok_or_else(|| format!("no client_id in {v}"))?;
+        let verifier = "mcpsh-bench-pkce-verifier-0123456789-abcdefghijklmnop";
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(verifier.as_bytes()));
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("response_type", "code")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", REDIRECT_URI)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("state", "x")
+            .finish();
+        Ok(format!("/authorize?{query}"))
+    }
+
+    /// GET the login page: a fresh form token.
+    fn login_page(&mut self, path: &str) -> Result<LoginToken> {
+        let r = self.send("GET", path, &[], b"")?;
+        if r.status != 200 {
+            return err(format!(
+                "GET /authorize: HTTP {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ));
+        }
+        LoginToken::from_page(&r).ok_or_else(|| "no form token on the login page".into())
+    }
+
+    /// POST the login form as the bench's user with `password`.
+    fn login(&mut self, token: &LoginToken, password: &str) -> Result<HttpResponse> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("csrf", &token.csrf)
+            .append_pair("username", AUTH_USER)
+            .append_pair("password", password)
+            .append_pair("decision", "allow")
+            .finish();
+        self.send(
+            "POST",
+            "/authorize",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &token.cookie),
+            ],
+            body.as_bytes(),
+        )
+    }
+}
+
+/// A login page's single-use form token and the cookie that doubles it.
+struct LoginToken {
+    csrf: String,
+    /// `mcpsh_csrf=TOKEN`, as the `Cookie` header sends it back.
+    cookie: String,
+}
+
+impl LoginToken {
+    /// The token of a login page (every answer to a login carries the next).
+    fn from_page(r: &HttpResponse) -> Option<LoginToken> {
+        let body = std::str::from_utf8(&r.body).ok()?;
+        let csrf = body.split("name=csrf value=\"").nth(1)?.split('"').next()?;
+        let cookie = r.set_cookie.as_deref()?.split(';').next()?.trim();
+        (!csrf.is_empty() && cookie.starts_with("mcpsh_csrf=")).then(|| LoginToken {
+            csrf: csrf.to_owned(),
+            cookie: cookie.to_owned(),
+        })
+    }
+}
+
+/// What one flood connection saw.
+#[derive(Default)]
+struct Flood {
+    sent: u64,
+    unauthorized: u64,
+    throttled: u64,
+    /// Any other status, and the last one seen.
+    other: u64,
+    other_status: Option<u16>,
+    /// Round trip of each 429 answer.
+    throttled_rtt: Vec<Duration>,
+}
+
+/// Post wrong-password logins on one connection, each with the form token
+/// the previous answer carried, until `total` have been claimed across all
+/// connections or `deadline` passes.
+fn flood_conn(
+    addr: SocketAddr,
+    path: &str,
+    claimed: &AtomicU64,
+    answered: &AtomicU64,
+    total: u64,
+    deadline: Instant,
+) -> Result<Flood> {
+    let mut web = Web::new(addr, None);
+    let mut f = Flood::default();
+    let mut next = None;
+    while Instant::now() < deadline {
+        let token = match next.take() {
+            Some(t) => t,
+            None => web.login_page(path)?,
+        };
+        if claimed.fetch_add(1, Ordering::Relaxed) >= total {
+            break;
+        }
+        let t = Instant::now();
+        let r = web.login(&token, WRONG_PASSWORD)?;
+        let rtt = t.elapsed();
+        answered.fetch_add(1, Ordering::Relaxed);
+        f.sent += 1;
+        match r.status {
+            401 => f.unauthorized += 1,
+            429 => {
+                if r.retry_after.is_none() {
+                    return err("a 429 answer without Retry-After");
+                }
+                f.throttled += 1;
+                f.throttled_rtt.push(rtt);
+            }
+            s => {
+                f.other += 1;
+                f.other_status = Some(s);
+            }
+        }
+        next = LoginToken::from_page(&r);
+    }
+    Ok(f)
+}
+
+/// The owner's login from 127.0.0.2 once `half` flood answers are in (or
+/// the flood ended): GET the login page, POST the right password, expect a
+/// 302 with a code. Returns the time and the flood answers before and after.
+fn owner_login(
+    addr: SocketAddr,
+    path: &str,
+    answered: &AtomicU64,
+    flood_over: &AtomicBool,
+    half: u64,
+) -> Result<(Duration, u64, u64)> {
+    while answered.load(Ordering::Relaxed) < half && !flood_over.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let before = answered.load(Ordering::Relaxed);
+    let mut web = Web::new(addr, Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+    let t = Instant::now();
+    let token = web.login_page(path)?;
+    let r = web.login(&token, AUTH_PASSWORD)?;
+    let d = t.elapsed();
+    let after = answered.load(Ordering::Relaxed);
+    if r.status != 302 || !r.location.as_deref().is_some_and(|l| l.contains("code=")) {
+        return err(format!(
+            "owner login from 127.0.0.2: HTTP {} (Location {:?})",
+            r.status, r.location
+        ));
+    }
+    Ok((d, before, after))
+}
+
+/// Login throttling under a flood of wrong passwords from one source while
+/// the owner logs in from another, then the cost of a bearer token on `/mcp`.
+fn bench_auth(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
+    let state = tmp.sub("auth-flood")?;
+    create_user(&o.server, &state)?;
+    let (server, addr) = start_http(&o.server, &state, &[], &[])?;
+    let path = Web::new(addr, None).authorize_path()?;
+    let total = o.login_flood;
+    let claimed = AtomicU64::new(0);
+    let answered = AtomicU64::new(0);
+    let flood_over = AtomicBool::new(false);
+    let start = Instant::now();
+    let deadline = start + FLOOD_LIMIT;
+    // Errors cross the threads as strings (the boxed error is not Send).
+    let (floods, owner, elapsed) = thread::scope(|s| {
+        let owner = s.spawn(|| {
+            owner_login(addr, &path, &answered, &flood_over, total / 2).map_err(|e| e.to_string())
+        });
+        let conns: Vec<_> = (0..FLOOD_CONNS)
+            .map(|_| {
+                s.spawn(|| {
+                    flood_conn(addr, &path, &claimed, &answered, total, deadline)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let floods: Vec<std::result::Result<Flood, String>> = conns
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("flood thread panicked".into()))
+            })
+            .collect();
+        let elapsed = start.elapsed();
+        flood_over.store(true, Ordering::Relaxed);
+        let owner = owner
+            .join()
+            .unwrap_or_else(|_| Err("owner login thread panicked".into()));
+        (floods, owner, elapsed)
+    });
+    let (owner_time, owner_from, owner_to) = owner?;
+    let mut f = Flood::default();
+    for one in floods {
+        let one = one?;
+        f.sent += one.sent;
+        f.unauthorized += one.unauthorized;
+        f.throttled += one.throttled;
+        f.other += one.other;
+        f.other_status = one.other_status.or(f.other_status);
+        f.throttled_rtt.extend(one.throttled_rtt);
+    }
+    drop(server);
+    let (mut hashed_fail, mut hashed_ok) = (0u64, 0u64);
+    for line in run_cli(&o.server, &state, &["audit", "--json", "-n", "100000"], "")?.lines() {
+        let row: Value = serde_json::from_str(line)?;
+        match row["event"].as_str() {
+            Some("login_fail") => hashed_fail += 1,
+            Some("login_ok") => hashed_ok += 1,
+            _ => {}
+        }
+    }
+    if hashed_ok != 1 {
+        return err(format!(
+            "{hashed_ok} login_ok rows in the audit log, expected 1"
+        ));
+    }
+    let rtt = Samples::new(f.throttled_rtt);
+    rep.info(
+        format!("auth flood: wrong-password logins from 127.0.0.1 ({FLOOD_CONNS} connections)"),
+        format!(
+            "{} in {:.1} s ({:.0}/s)",
+            f.sent,
+            elapsed.as_secs_f64(),
+            f.sent as f64 / elapsed.as_secs_f64()
+        ),
+    );
+    let other = match f.other_status {
+        Some(s) => format!(" / {} (HTTP {s})", f.other),
+        None => String::new(),
+    };
+    rep.info(
+        format!(
+            "auth flood: answers 429 / 401{}",
+            if other.is_empty() { "" } else { " / other" }
+        ),
+        format!("{} / {}{other}", f.throttled, f.unauthorized),
+    );
+    rep.info(
+        format!("auth flood: 429 answer p50 / p99 (n={})", f.throttled),
+        format!("{:.3} / {:.3} ms", ms(rtt.pct(50.0)), ms(rtt.pct(99.0))),
+    );
+    rep.check(
+        "auth flood: password checks that reached the hasher (login_fail rows)",
+        hashed_fail.to_string(),
+        "<= 50",
+        hashed_fail <= 50,
+    );
+    rep.check(
+        format!(
+            "auth flood: owner login from 127.0.0.2, GET + POST -> 302 (flood answers {owner_from}..{owner_to})"
+        ),
+        format!("{:.1} ms", ms(owner_time)),
+        "<= 1000 ms",
+        owner_time <= Duration::from_secs(1),
+    );
+    if f.sent < total {
+        rep.notes.push(format!(
+            "auth flood: stopped after {} s with {} of {total} attempts sent",
+            FLOOD_LIMIT.as_secs(),
+            f.sent
+        ));
+    }
+    bearer_overhead(rep, o, tmp)
+}
+
+/// `/mcp` round trips with a valid bearer token against a server without
+/// auth, calls interleaved so that both see the same load.
+fn bearer_overhead(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
+    let on = tmp.sub("auth-bearer")?;
+    create_user(&o.server, &on)?;
+    let token = run_cli(
+        &o.server,
+        &on,
+        &[
+            "token",
+            "create",
+            "--name",
+            "bench",
+            "--scope",
+            "exec,files:read",
+            "--user",
+            AUTH_USER,
+        ],
+        "",
+    )?
+    .trim()
+    .to_owned();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return err(format!("token create printed {token:?}"));
+    }
+    let off = tmp.sub("auth-none")?;
+    let (s_on, addr_on) = start_http(&o.server, &on, &[], &[])?;
+    let (s_off, addr_off) = start_http(&o.server, &off, NO_AUTH, &[])?;
+    let pids = [s_on.pid(), s_off.pid()];
+    match HttpClient::new(addr_on).initialize() {
+        Err(e) if e.to_string().contains("HTTP 401") => {}
+        Err(e) => return Err(e),
+        Ok(()) => return err("the OAuth server answered /mcp without a bearer token"),
+    }
+    let mut clients = [HttpClient::new(addr_on), HttpClient::new(addr_off)];
+    clients[0].bearer = Some(token);
+    let bash_args = json!({"cmd": "true", "wait": 10});
+    let noop_args = json!({"action": "list", "limit": 1});
+    let calls = [("job", &noop_args), ("bash", &bash_args)];
+    let one = |c: &mut HttpClient, call: usize| -> Result<Duration> {
+        let (tool, args) = calls[call];
+        let t = Instant::now();
+        let r = c.call(tool, args.clone())?;
+        let d = t.elapsed();
+        if tool == "bash" && r["structuredContent"]["exit_code"] != 0 {
+            return err(format!("bash true did not exit 0: {r}"));
+        }
+        Ok(d)
+    };
+    for c in &mut clients {
+        c.initialize()?;
+    }
+    for _ in 0..o.warmup {
+        for c in &mut clients {
+            one(c, 0)?;
+            one(c, 1)?;
+        }
+    }
+    // samples[server][call]; alternate which server and which call go first.
+    let mut samples: [[Vec<Duration>; 2]; 2] = Default::default();
+    for i in 0..o.calls {
+        let servers = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        let order = if i % 4 < 2 { [0, 1] } else { [1, 0] };
+        for call in order {
+            for s in servers {
+                samples[s][call].push(one(&mut clients[s], call)?);
+            }
+        }
+    }
+    // Server CPU per call (less sensitive to load than the round trip):
+    // back-to-back runs of each call on each server.
+    let m = o.calls.min(300);
+    let mut cpu = [[None; 2]; 2];
+    for (call, (tool, args)) in calls.iter().enumerate() {
+        for s in [0, 1] {
+            cpu[s][call] = cpu_per_call(&mut clients[s], pids[s], m, tool, args)?;
+        }
+    }
+    let [with, without] = samples;
+    let n = o.calls;
+    for (call, ((name, a), b)) in ["no-op job list", "bash `true`"]
+        .into_iter()
+        .zip(with)
+        .zip(without)
+        .enumerate()
+    {
+        let (a, b) = (Samples::new(a), Samples::new(b));
+        let p = |s: &Samples| format!("{:.3} / {:.3} ms", ms(s.pct(50.0)), ms(s.pct(99.0)));
+        rep.info(format!("auth: {name} with bearer p50 / p99 (n={n})"), p(&a));
+        rep.info(
+            format!("auth: {name} without auth p50 / p99 (n={n})"),
+            p(&b),
+        );
+        let (pa, pb) = (ms(a.pct(50.0)), ms(b.pct(50.0)));
+        let ratio = pa / pb;
+        rep.check(
+            format!("auth: bearer overhead on {name} (p50 ratio, diff)"),
+            format!("{ratio:.3}x ({:+.3} ms)", pa - pb),
+            "<= 1.10x",
+            ratio <= 1.10,
+        );
+        if let [Some(ca), Some(cb)] = [cpu[0][call], cpu[1][call]] {
+            rep.info(
+                format!("auth: server CPU per {name}, bearer / no auth (n={m})"),
+                format!("{:.3} / {:.3} ms", ms(ca), ms(cb)),
+            );
+        }
+    }
+    rep.notes.push(format!(
+        "auth: flood logins throttled per source ({FLOOD_CONNS} keep-alive connections, each following its own form token chain); bearer vs no-auth on two servers, calls interleaved"
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 
 /// The 1, 5 and 15 minute load averages.
 fn loadavg() -> String {
@@ -1693,7 +2250,7 @@ fn main() -> std::process::ExitCode {
     let mut rep = Report::default();
     let load0 = loadavg();
     type Section = fn(&mut Report, &Opts, &TempDir) -> Result<()>;
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("HTTP round trips", bench_http),
         ("spawn floor", bench_floor),
         ("stdio round trips", bench_stdio),
@@ -1701,6 +2258,7 @@ fn main() -> std::process::ExitCode {
         ("server memory", bench_memory),
         ("file grep", bench_grep),
         ("file read", bench_file_read),
+        ("auth", bench_auth),
     ];
     for (name, f) in sections {
         if o.only

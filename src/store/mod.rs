@@ -194,6 +194,10 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Keep each cached statement's plan: the bundled SQLite is built with
+        // STAT4, which otherwise re-prepares a statement with a join on every
+        // new binding (measured: 19 µs instead of 3 µs for a bearer lookup).
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         migrations::apply(&conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
