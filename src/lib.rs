@@ -3,7 +3,7 @@
 //! Layout (see ARCHITECTURE.md): `cli` parses commands and calls `app`, the
 //! composition root, which wires `mcp` (tools, rmcp) and `http` (axum) to the
 //! `jobs` engine over `host` and `store`; `auth` (users, OAuth, scopes) and
-//! `audit` sit under `http`/`mcp`. `config`, `telemetry`, `fsutil` and `crypto` are leaves.
+//! `audit` sit under `http`/`mcp`; `ssh` (host config, known_hosts) under `host`. `config`, `telemetry`, `fsutil` and `crypto` are leaves.
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
@@ -19,5 +19,6 @@ pub mod host;
 pub mod http;
 pub mod jobs;
 pub mod mcp;
+pub mod ssh;
 pub mod store;
 pub mod telemetry;
