@@ -101,6 +101,40 @@ impl Default for JobsConfig {
     }
 }
 
+/// SSH hosts and connections.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshConfig {
+    /// The ssh config whose `Host` aliases are the inventory. Empty means
+    /// `~/.ssh/config`.
+    pub config: PathBuf,
+    /// Extra hosts (`[[host]] name, address, user, port, key, tags`). Empty
+    /// means `hosts.toml` next to the config file (`~/.config/mcpsh/hosts.toml`).
+    pub hosts_toml: PathBuf,
+    /// Most channels (commands, SFTP sessions) open at once on one
+    /// connection; stock sshd allows 10 (`MaxSessions`). Further ones queue.
+    pub max_channels: usize,
+    /// Seconds an unused connection stays open.
+    pub idle_secs: u64,
+    /// Seconds to wait for a connection (TCP, key exchange and login).
+    pub connect_timeout_secs: u64,
+    /// Hosts a fan-out `bash` call runs on at once.
+    pub fanout_concurrency: usize,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            config: PathBuf::new(),
+            hosts_toml: PathBuf::new(),
+            max_channels: 8,
+            idle_secs: 600,
+            connect_timeout_secs: 10,
+            fanout_concurrency: 32,
+        }
+    }
+}
+
 /// The whole effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -112,6 +146,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub files: FilesConfig,
     pub audit: AuditConfig,
+    pub ssh: SshConfig,
     /// The file this configuration was read from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -125,6 +160,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             files: FilesConfig::default(),
             audit: AuditConfig::default(),
+            ssh: SshConfig::default(),
             source: None,
         }
     }
@@ -159,6 +195,18 @@ impl Config {
         cfg.apply_env(env)?;
         if cfg.state_dir.as_os_str().is_empty() {
             cfg.state_dir = default_state_dir(env).ok_or(ConfigError::NoStateDir)?;
+        }
+        let home = env("HOME").map(PathBuf::from).unwrap_or_else(|| "/".into());
+        if cfg.ssh.config.as_os_str().is_empty() {
+            cfg.ssh.config = home.join(".ssh/config");
+        }
+        if cfg.ssh.hosts_toml.as_os_str().is_empty() {
+            cfg.ssh.hosts_toml = match &cfg.source {
+                Some(src) if src.parent().is_some() => src.with_file_name("hosts.toml"),
+                _ => config_dir(env)
+                    .unwrap_or_else(|| home.join(".config/mcpsh"))
+                    .join("hosts.toml"),
+            };
         }
         Ok(cfg)
     }
@@ -201,6 +249,12 @@ impl Config {
         if let Some(v) = env("MCPSH_FILE_ROOTS").filter(|v| !v.is_empty()) {
             self.files.roots = std::env::split_paths(&v).collect();
         }
+        if let Some(v) = env("MCPSH_SSH_CONFIG").filter(|v| !v.is_empty()) {
+            self.ssh.config = PathBuf::from(v);
+        }
+        if let Some(v) = env("MCPSH_HOSTS_TOML").filter(|v| !v.is_empty()) {
+            self.ssh.hosts_toml = PathBuf::from(v);
+        }
         if let Some(v) = parse(env, "MCPSH_SPOOL_QUOTA")? {
             self.jobs.spool_quota = v;
         }
@@ -232,17 +286,22 @@ fn config_file(env: EnvLookup<'_>) -> Option<PathBuf> {
     if let Some(p) = env("MCPSH_CONFIG").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    let xdg = env("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")));
-    if let Some(p) = xdg
-        .map(|d| d.join("mcpsh/config.toml"))
+    if let Some(p) = config_dir(env)
+        .map(|d| d.join("config.toml"))
         .filter(|p| p.exists())
     {
         return Some(p);
     }
     Some(PathBuf::from("/etc/mcpsh/config.toml"))
+}
+
+/// `$XDG_CONFIG_HOME/mcpsh` or `~/.config/mcpsh`.
+fn config_dir(env: EnvLookup<'_>) -> Option<PathBuf> {
+    env("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")))
+        .map(|d| d.join("mcpsh"))
 }
 
 fn default_state_dir(env: EnvLookup<'_>) -> Option<PathBuf> {

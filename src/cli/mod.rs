@@ -4,6 +4,7 @@
 
 mod auth_cmd;
 mod config_cmd;
+mod hosts_cmd;
 mod jobs_cmd;
 mod serve;
 mod stdio;
@@ -61,6 +62,11 @@ enum Command {
     Sessions(auth_cmd::SessionsArgs),
     /// Read the audit log: tool calls and security events.
     Audit(auth_cmd::AuditArgs),
+    /// SSH hosts: list the inventory, test connections, trust host keys.
+    Hosts {
+        #[command(subcommand)]
+        action: hosts_cmd::HostsAction,
+    },
 }
 
 /// Parse arguments and run; returns the process exit code.
@@ -98,6 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { action } => auth_cmd::token(config, action),
         Command::Sessions(args) => auth_cmd::sessions(config, args),
         Command::Audit(args) => auth_cmd::audit(config, args).await,
+        Command::Hosts { action } => hosts_cmd::run(config, action).await,
     }
 }
 

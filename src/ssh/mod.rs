@@ -4,4 +4,47 @@
 
 pub mod cmdline;
 pub mod config;
+mod conn;
 pub mod known_hosts;
+mod pool;
+
+pub use conn::{ConnectTimings, known_name};
+pub use pool::{Captured, Channel, Chunk, ConnState, Pool, Scanned, Stdin, TestReport, Vanished};
+
+/// Why an SSH operation failed. Messages are written for a model: what
+/// failed, why, and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SshError {
+    #[error("unknown host {name:?}; known hosts: {}", if known.is_empty() { "none (add Host entries to ~/.ssh/config or hosts.toml)".to_owned() } else { known.join(", ") })]
+    Unknown { name: String, known: Vec<String> },
+    #[error("ssh configuration: {0}")]
+    Config(String),
+    #[error("{message}")]
+    HostKey { alias: String, message: String },
+    #[error("cannot connect to {alias} ({address}): {message}")]
+    Connect {
+        alias: String,
+        address: String,
+        message: String,
+    },
+    #[error("ssh handshake with {alias} failed: {message}")]
+    Handshake { alias: String, message: String },
+    #[error(
+        "cannot log in to {alias} as {user}: {}. Check that the key is in the host's authorized_keys, or set User/IdentityFile for it in the ssh config",
+        tried.join("; ")
+    )]
+    Auth {
+        alias: String,
+        user: String,
+        tried: Vec<String>,
+    },
+    #[error("{alias}: cannot open a channel: {message}")]
+    Channel { alias: String, message: String },
+    #[error("{alias}: connection lost: {reason}")]
+    Lost { alias: String, reason: String },
+}
+
+/// Lock a mutex, carrying on if a panicking thread poisoned it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

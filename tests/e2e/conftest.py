@@ -24,12 +24,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import pytest
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from sshd import SshLab, SshLabError, missing_binaries
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("MCPSH_BIN") or str(REPO / "target" / "debug" / "mcpsh")
@@ -327,3 +328,70 @@ async def mcp(server: Server, mode: str) -> AsyncIterator[Session]:
 def marker() -> str:
     """A unique number usable as a fractional `sleep` duration suffix to find processes by."""
     return str(uuid.uuid4().int % 10**9).rjust(9, "1")
+
+
+# --------------------------------------------------------------------------- SSH lab
+# Real OpenSSH servers on 127.0.0.1 for the SSH tests (see sshd.py). `./scripts/test`
+# installs OpenSSH and sets MCPSH_E2E_REQUIRE_SSHD=1, so there a missing or broken sshd
+# fails the tests; elsewhere (a bare `pytest` on a machine without it) they are skipped.
+
+
+def _no_sshd(why: str) -> NoReturn:
+    if os.environ.get("MCPSH_E2E_REQUIRE_SSHD"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@pytest.fixture
+def ssh_lab(tmp_path: Path):
+    """An SshLab with two running sshd instances (~0.1 s to set up, so one per test):
+
+    - `web1`: stock settings, MaxSessions 10;
+    - `hop`: used as a ProxyJump hop;
+
+    a known_hosts with every host key of both (as ssh-keyscan would give), and an
+    ssh_config with the aliases `web1`, `hop` and `behind-hop` (web1 reached through
+    `ProxyJump hop`). `ssh_lab.env()` is the environment that points mcpsh at it."""
+    missing = missing_binaries()
+    if missing:
+        _no_sshd(f"OpenSSH is not installed (missing {', '.join(missing)}); ./scripts/test installs it")
+    lab = SshLab(tmp_path)
+    try:
+        try:
+            web1 = lab.start_sshd("web1", max_sessions=10)
+            hop = lab.start_sshd("hop")
+        except SshLabError as e:
+            _no_sshd(f"sshd cannot run here: {e}")
+        for sshd in (web1, hop):
+            lab.known_hosts_add(sshd, key="all")
+        lab.write_ssh_config({
+            "web1": web1,
+            "hop": hop,
+            "behind-hop": {"sshd": web1, "proxy_jump": "hop"},
+        })
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture
+def ssh_server(transport: str, ssh_lab: SshLab):
+    """Like `server`, with mcpsh pointed at `ssh_lab` (MCPSH_SSH_CONFIG, MCPSH_HOSTS_TOML,
+    no SSH_AUTH_SOCK). Over stdio each connect reads `ssh_server.env`, so a test may still
+    change it (e.g. `ssh_server.env = ssh_lab.env(ssh_server.env)` after `start_agent()`);
+    an HTTP server needs `restart()` for that."""
+    s = Server(transport)
+    s.env = ssh_lab.env(s.env)
+    try:
+        if transport == "http":
+            s.start()
+        yield s
+    finally:
+        s.cleanup()
+
+
+@pytest.fixture
+async def ssh_mcp(ssh_server: Server, mode: str) -> AsyncIterator[Session]:
+    """A connected MCP session to an mcpsh that knows the `ssh_lab` hosts."""
+    async with ssh_server.connect(mode) as s:
+        yield s
