@@ -14,6 +14,7 @@ use crate::auth::{Auth, AuthConfig, Principal};
 use crate::config::Config;
 use crate::files::Files;
 use crate::jobs::{JobError, Jobs};
+use crate::ssh::Pool;
 use crate::store::{Store, StoreError};
 
 /// Errors while starting mcpsh.
@@ -80,6 +81,8 @@ pub struct App {
     pub config: Config,
     pub jobs: Jobs,
     pub files: Arc<Files>,
+    /// SSH hosts, when the inventory could be read.
+    pub ssh: Option<Pool>,
     pub store: Store,
     pub audit: Audit,
     pub tracker: TaskTracker,
@@ -102,11 +105,22 @@ impl App {
         let store = open_store(&config)?;
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
+        let ssh = match Pool::load(config.ssh.clone()) {
+            Ok(pool) => {
+                pool.start_reaper(&tracker, cancel.clone());
+                Some(pool)
+            }
+            Err(e) => {
+                tracing::warn!("SSH hosts are unavailable: {e}");
+                None
+            }
+        };
         let jobs = Jobs::new(
             config.jobs.clone(),
             config.jobs_dir(),
             store.clone(),
             exe,
+            ssh.clone(),
             tracker.clone(),
             cancel.clone(),
         )?;
@@ -128,6 +142,7 @@ impl App {
             config,
             jobs,
             files,
+            ssh,
             audit,
             store,
             tracker,
@@ -138,6 +153,7 @@ impl App {
     fn services(&self, default_principal: Option<Principal>) -> crate::mcp::Services {
         crate::mcp::Services {
             jobs: self.jobs.clone(),
+            ssh: self.ssh.clone(),
             files: self.files.clone(),
             audit: self.audit.clone(),
             default_principal,

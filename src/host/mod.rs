@@ -1,51 +1,64 @@
 //! The host seam: which machine a tool call acts on. Every feature takes a
-//! [`Host`] so that it works on `local` today and on SSH hosts when the SSH
-//! backend lands, without the feature knowing the difference.
+//! [`Host`] so that it works on `local` and on SSH hosts alike.
 //!
-//! This module validates host names coming from agents; it never spawns
-//! anything itself for `local` (the job engine's supervisor does).
+//! This module validates host names coming from agents against the SSH
+//! inventory; it never spawns anything itself (the job engine's supervisor
+//! does for `local`, the SSH pool for the rest).
+
+use crate::ssh::Pool;
 
 /// A resolved target machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
     /// The machine mcpsh runs on.
     Local,
+    /// A host of the SSH inventory, by its name there.
+    Ssh(String),
 }
 
 /// Why a host name was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HostError {
+    #[error("host name {0:?} is not valid: {1}")]
+    BadName(String, String),
     #[error(
-        "host name {0:?} is not valid: use letters, digits, '.', '-', '_' and not a leading '-'"
+        "unknown host {name:?}; use \"local\" or one of the SSH hosts: {} (the hosts tool, action list, shows them)",
+        if known.is_empty() { "none are configured".to_owned() } else { known.join(", ") }
     )]
-    BadName(String),
-    #[error(
-        "unknown host {0:?}: only \"local\" is available (SSH hosts are not configured in this build)"
-    )]
-    Unknown(String),
+    Unknown { name: String, known: Vec<String> },
 }
 
 impl Host {
-    /// Resolve a host parameter (`None`, `""` and `"local"` mean this machine).
-    pub fn resolve(name: Option<&str>) -> Result<Host, HostError> {
+    /// Resolve a host parameter (`None`, `""`, `"local"` and `"localhost"`
+    /// mean this machine; anything else must be a host of `ssh`'s inventory).
+    pub fn resolve(name: Option<&str>, ssh: Option<&Pool>) -> Result<Host, HostError> {
         let name = name.map(str::trim).unwrap_or("");
         if name.is_empty() || name == "local" || name == "localhost" {
             return Ok(Host::Local);
         }
-        let ok = !name.starts_with('-')
-            && name.len() <= 253
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-        if !ok {
-            return Err(HostError::BadName(name.to_owned()));
+        crate::ssh::config::check_host_name(name)
+            .map_err(|why| HostError::BadName(name.to_owned(), why))?;
+        match ssh {
+            Some(pool) if pool.knows(name) => Ok(Host::Ssh(name.to_owned())),
+            _ => Err(HostError::Unknown {
+                name: name.to_owned(),
+                known: ssh
+                    .map(|p| {
+                        p.inventory()
+                            .hosts()
+                            .iter()
+                            .map(|h| h.name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
         }
-        Err(HostError::Unknown(name.to_owned()))
     }
 
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             Host::Local => "local",
+            Host::Ssh(name) => name,
         }
     }
 }
@@ -62,15 +75,28 @@ mod tests {
             (Some(" "), Ok(Host::Local)),
             (
                 Some("-oProxyCommand=sh"),
-                Err(HostError::BadName("-oProxyCommand=sh".into())),
+                Err(HostError::BadName(
+                    "-oProxyCommand=sh".into(),
+                    String::new(),
+                )),
             ),
             (
                 Some("a;rm -rf /"),
-                Err(HostError::BadName("a;rm -rf /".into())),
+                Err(HostError::BadName("a;rm -rf /".into(), String::new())),
             ),
-            (Some("web-3"), Err(HostError::Unknown("web-3".into()))),
+            (
+                Some("web-3"),
+                Err(HostError::Unknown {
+                    name: "web-3".into(),
+                    known: vec![],
+                }),
+            ),
         ] {
-            assert_eq!(Host::resolve(input), expected, "{input:?}");
+            let got = Host::resolve(input, None).map_err(|e| match e {
+                HostError::BadName(n, _) => HostError::BadName(n, String::new()),
+                other => other,
+            });
+            assert_eq!(got, expected, "{input:?}");
         }
     }
 }

@@ -18,9 +18,11 @@ use super::jobdir::{
     spool_totals,
 };
 use super::proto::{CONTROL_SOCKET, Event, ExitStatus, KillReport, Request, Spec, StdinMode};
+use super::remote::{self, EndedBy, RemoteJob};
 use super::spool::SpoolReader;
 use super::{JobError, id, lock, now_ms, procs, zygote::Zygote};
 use crate::config::JobsConfig;
+use crate::ssh::Pool;
 use crate::store::{JobEnd, JobRow, JobStatus, Store};
 
 /// Live view of a running job, published by its watcher.
@@ -35,6 +37,8 @@ pub struct Progress {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct StartRequest {
+    /// `local`, or an SSH host of the pool.
+    pub host: String,
     pub cmd: String,
     pub cwd: Option<PathBuf>,
     pub env: Vec<(String, String)>,
@@ -59,6 +63,8 @@ struct Inner {
     shell: String,
     home: PathBuf,
     live: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+    ssh: Option<Pool>,
+    remote: Mutex<HashMap<String, Arc<RemoteJob>>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
     cleanup: Notify,
@@ -100,6 +106,7 @@ impl Jobs {
         jobs_dir: PathBuf,
         store: Store,
         exe: PathBuf,
+        ssh: Option<Pool>,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Jobs, JobError> {
@@ -137,6 +144,8 @@ impl Jobs {
                 shell,
                 home,
                 live: Mutex::new(HashMap::new()),
+                ssh,
+                remote: Mutex::new(HashMap::new()),
                 tracker,
                 cancel,
                 cleanup: Notify::new(),
@@ -167,6 +176,13 @@ impl Jobs {
         for row in rows {
             if row.host == "local" {
                 self.adopt(row).await;
+            } else if !row
+                .sup_pid
+                .zip(row.sup_start)
+                .is_some_and(|(pid, start)| procs::same_process_alive(pid, start))
+            {
+                // Its channel died with the server that ran it.
+                self.mark_lost(&row.id, REMOTE_OWNER_GONE).await;
             }
         }
         let this = self.clone();
@@ -190,6 +206,9 @@ impl Jobs {
             ));
         }
         validate_env(&req.env)?;
+        if req.host != "local" {
+            return self.start_remote(req).await;
+        }
         let cwd = req.cwd.clone().unwrap_or_else(|| inner.home.clone());
         if !cwd.is_dir() {
             return Err(JobError::Invalid(format!(
@@ -197,55 +216,15 @@ impl Jobs {
                 cwd.display()
             )));
         }
-        let store = inner.store.clone();
-        let max = inner.cfg.max_concurrent;
-        let title = req.title.clone();
-        let cmd = req.cmd.clone();
-        let cwd_s = cwd.to_string_lossy().into_owned();
-        let tty = req.tty.is_some();
-        let interactive = req.stdin == StdinMode::Interactive;
-        let id = quick(&inner.store, move || -> Result<String, JobError> {
-            let running = store.count_running()?;
-            if running >= max {
-                return Err(JobError::TooMany { running, max });
-            }
-            for _ in 0..16 {
-                let id = id::new_id(title.as_deref(), &cmd);
-                let row = JobRow {
-                    title: title.clone(),
-                    cwd: Some(cwd_s.clone()),
-                    tty,
-                    interactive,
-                    ..JobRow::running(id.clone(), "local".into(), cmd.clone(), now_ms())
-                };
-                // The supervisor creates the job's directory when it first
-                // needs it: most short jobs leave no file at all.
-                if store.insert_job(&row)? {
-                    return Ok(id);
-                }
-            }
-            Err(JobError::Spawn("could not allocate a unique job id".into()))
-        })
-        .await?;
+        let id = self
+            .insert_row("local", &req, Some(cwd.to_string_lossy().into_owned()))
+            .await?;
 
-        let mut env = vec![
-            ("NO_COLOR".to_owned(), "1".to_owned()),
-            ("PAGER".to_owned(), "cat".to_owned()),
-            ("GIT_PAGER".to_owned(), "cat".to_owned()),
-            ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
-            (
-                "TERM".to_owned(),
-                if tty { "xterm-256color" } else { "dumb" }.to_owned(),
-            ),
-            ("MCPSH_JOB".to_owned(), id.clone()),
-        ];
+        let mut env = self.base_env(&id, req.tty.is_some());
         env.extend(req.env);
-        let timeout_ms = match (req.timeout, inner.cfg.max_runtime) {
-            (Some(t), 0) => Some(t.as_millis() as u64),
-            (Some(t), max) => Some((t.as_millis() as u64).min(max * 1000)),
-            (None, 0) => None,
-            (None, max) => Some(max * 1000),
-        };
+        let timeout_ms = self
+            .effective_timeout(req.timeout)
+            .map(|t| t.as_millis() as u64);
         let spec = Spec {
             id: id.clone(),
             dir: self.job_dir(&id),
@@ -298,6 +277,168 @@ impl Jobs {
             }
             this.watch_job(jid, pid, start, tx, Some(spare.stream))
                 .await
+        });
+        Ok(id)
+    }
+
+    /// The job's timeout after the configured hard limit.
+    fn effective_timeout(&self, asked: Option<Duration>) -> Option<Duration> {
+        match (asked, self.inner.cfg.max_runtime) {
+            (Some(t), 0) => Some(t),
+            (Some(t), max) => Some(t.min(Duration::from_secs(max))),
+            (None, 0) => None,
+            (None, max) => Some(Duration::from_secs(max)),
+        }
+    }
+
+    /// Variables every job gets, before the caller's own.
+    fn base_env(&self, id: &str, tty: bool) -> Vec<(String, String)> {
+        vec![
+            ("NO_COLOR".to_owned(), "1".to_owned()),
+            ("PAGER".to_owned(), "cat".to_owned()),
+            ("GIT_PAGER".to_owned(), "cat".to_owned()),
+            ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
+            (
+                "TERM".to_owned(),
+                if tty { "xterm-256color" } else { "dumb" }.to_owned(),
+            ),
+            ("MCPSH_JOB".to_owned(), id.to_owned()),
+        ]
+    }
+
+    /// Inserts the `running` row of a new job on `host`, under the
+    /// concurrency limit; returns its id.
+    async fn insert_row(
+        &self,
+        host: &str,
+        req: &StartRequest,
+        cwd: Option<String>,
+    ) -> Result<String, JobError> {
+        let store = self.inner.store.clone();
+        let max = self.inner.cfg.max_concurrent;
+        let title = req.title.clone();
+        let cmd = req.cmd.clone();
+        let host = host.to_owned();
+        let tty = req.tty.is_some();
+        let interactive = req.stdin == StdinMode::Interactive;
+        quick(&self.inner.store, move || -> Result<String, JobError> {
+            let running = store.count_running()?;
+            if running >= max {
+                return Err(JobError::TooMany { running, max });
+            }
+            for _ in 0..16 {
+                let id = id::new_id(title.as_deref(), &cmd);
+                let row = JobRow {
+                    title: title.clone(),
+                    cwd: cwd.clone(),
+                    tty,
+                    interactive,
+                    ..JobRow::running(id.clone(), host.clone(), cmd.clone(), now_ms())
+                };
+                // The supervisor creates the job's directory when it first
+                // needs it: most short jobs leave no file at all.
+                if store.insert_job(&row)? {
+                    return Ok(id);
+                }
+            }
+            Err(JobError::Spawn("could not allocate a unique job id".into()))
+        })
+        .await
+    }
+
+    /// Starts a job on an SSH host: an exec channel drained into a local
+    /// spool by a task of this server (see `remote.rs`).
+    async fn start_remote(&self, req: StartRequest) -> Result<String, JobError> {
+        let inner = &self.inner;
+        let Some(pool) = inner.ssh.clone() else {
+            return Err(JobError::Invalid(format!(
+                "host {:?} is not available: SSH is not configured in this server",
+                req.host
+            )));
+        };
+        let cwd = req.cwd.as_ref().map(|c| c.to_string_lossy().into_owned());
+        let id = self.insert_row(&req.host, &req, cwd.clone()).await?;
+        let mut env = self.base_env(&id, req.tty.is_some());
+        env.extend(req.env.iter().cloned());
+        let fail = |e: JobError| async {
+            self.record_end(
+                &id,
+                ExitStatus {
+                    status: "failed".into(),
+                    exit_code: None,
+                    signal: None,
+                    reason: Some(e.to_string()),
+                    ended_ms: now_ms(),
+                    total_bytes: 0,
+                    kill: None,
+                },
+            )
+            .await;
+            Err(e)
+        };
+        let exec = match remote::exec_string(&req.cmd, cwd.as_deref(), &env) {
+            Ok(e) => e,
+            Err(e) => return fail(e).await,
+        };
+        let ch = match pool.exec(&req.host, &exec, req.tty).await {
+            Ok(ch) => ch,
+            Err(e) => return fail(JobError::Spawn(e.to_string())).await,
+        };
+        let stdin = ch.stdin();
+        if let Err(e) = remote::feed_stdin(&stdin, &req.stdin, req.tty.is_some()).await {
+            return fail(JobError::Spawn(e)).await;
+        }
+        // The server owns the job: a restart finds it lost.
+        if let Some(me) = procs::stat(std::process::id() as i32) {
+            let store = inner.store.clone();
+            let jid = id.clone();
+            let pid = std::process::id() as i32;
+            let _ = quick(&inner.store, move || {
+                store.set_supervisor(&jid, pid, me.start)
+            })
+            .await;
+        }
+        let (pid_tx, pid_rx) = watch::channel(None);
+        let job = Arc::new(RemoteJob {
+            alias: req.host.clone(),
+            stdin,
+            pid: pid_rx,
+            ended_by: Mutex::new(None),
+            killing: tokio::sync::Mutex::new(()),
+            done: Notify::new(),
+        });
+        lock(&inner.remote).insert(id.clone(), job.clone());
+        let (tx, rx) = watch::channel(Progress::default());
+        lock(&inner.live).insert(id.clone(), rx);
+        let sink = remote::Sink {
+            spool: super::spool::SpoolWriter::new(
+                &self.job_dir(&id),
+                inner.cfg.segment_size,
+                inner.cfg.output_cap,
+            ),
+            render: req.tty.map(|_| super::render::TtyRender::default()),
+            last_newline: true,
+            error: None,
+        };
+        let this = self.clone();
+        let jid = id.clone();
+        let timeout = self.effective_timeout(req.timeout);
+        let grace = Duration::from_millis(inner.cfg.timeout_grace_ms);
+        inner.tracker.spawn(async move {
+            let driver = remote::Driver {
+                pool,
+                job,
+                id: jid.clone(),
+                pid_tx,
+                tx: tx.clone(),
+                timeout,
+                grace,
+            };
+            let status = remote::drive(driver, ch, sink).await;
+            let (end, _) = this.record_end(&jid, status).await;
+            tx.send_modify(|p| p.end = Some(end));
+            lock(&this.inner.live).remove(&jid);
+            lock(&this.inner.remote).remove(&jid);
         });
         Ok(id)
     }
@@ -429,6 +570,12 @@ impl Jobs {
                 tracing::warn!("cannot prepare spare supervisors: {e}");
             }
         });
+        self.record_end(id, status).await
+    }
+
+    /// Writes a job's end to its row; returns its status and whether the row
+    /// was written.
+    async fn record_end(&self, id: &str, status: ExitStatus) -> (JobStatus, bool) {
         let dir = self.job_dir(id);
         let store = self.inner.store.clone();
         let id = id.to_owned();
@@ -484,7 +631,8 @@ impl Jobs {
             return Some(rx);
         }
         let row = self.row(id).await.ok()?;
-        if row.status.is_final() {
+        if row.status.is_final() || row.host != "local" {
+            // A remote job is followed only by the server that started it.
             return None;
         }
         self.adopt(row).await;
@@ -590,7 +738,80 @@ impl Jobs {
                 row.status.as_str()
             )));
         }
+        if row.host != "local" {
+            return self.control_remote(&row, req).await;
+        }
         control_request(&self.job_dir(id), &req).await
+    }
+
+    async fn control_remote(&self, row: &JobRow, req: Request) -> Result<Event, JobError> {
+        let job = lock(&self.inner.remote).get(&row.id).cloned();
+        let (Some(job), Some(pool)) = (job, self.inner.ssh.clone()) else {
+            return Err(JobError::Control(format!(
+                "job {} runs on {} under another mcpsh server process; act on it there",
+                row.id, row.host
+            )));
+        };
+        let control = JobError::Control;
+        match req {
+            Request::Write { data, eof } => {
+                use base64::Engine as _;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|e| JobError::Invalid(format!("bad write data: {e}")))?;
+                if !bytes.is_empty() {
+                    job.stdin.write(&bytes).await.map_err(control)?;
+                }
+                if eof {
+                    job.stdin.eof().await.map_err(control)?;
+                }
+                Ok(Event::Ok { detail: None })
+            }
+            Request::Resize { cols, rows } => {
+                job.stdin.resize(cols, rows).await.map_err(control)?;
+                Ok(Event::Ok { detail: None })
+            }
+            Request::Signal { signal } => {
+                let pid = (*job.pid.borrow()).ok_or_else(|| {
+                    JobError::Control("the remote command has not started yet".into())
+                })?;
+                let exec = crate::ssh::cmdline::argv(&[
+                    "kill".to_owned(),
+                    format!("-{signal}"),
+                    "--".to_owned(),
+                    format!("-{pid}"),
+                ])
+                .map_err(|e| JobError::Control(e.to_string()))?;
+                let out = pool
+                    .run(&job.alias, &exec, b"", 4096)
+                    .await
+                    .map_err(|e| JobError::Control(e.to_string()))?;
+                if out.code != Some(0) {
+                    return Err(JobError::Control(format!(
+                        "remote kill -{signal} failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                Ok(Event::Ok { detail: None })
+            }
+            Request::Kill { grace_ms } => {
+                let report = remote::end_tree(
+                    &pool,
+                    &job,
+                    None,
+                    &row.id,
+                    Duration::from_millis(grace_ms),
+                    EndedBy::Kill,
+                )
+                .await?;
+                Ok(Event::Ok {
+                    detail: Some(report),
+                })
+            }
+            Request::Watch | Request::ExitRecorded => {
+                Err(JobError::Invalid("not a request for a remote job".into()))
+            }
+        }
     }
 
     /// Kill the job's whole process tree and wait for it to be recorded.
@@ -635,6 +856,9 @@ impl Jobs {
         }
     }
 }
+
+const REMOTE_OWNER_GONE: &str =
+    "the mcpsh server that ran it over SSH stopped, and its channel with it";
 
 fn remove_stale_spare_sockets(jobs_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(jobs_dir) else {

@@ -71,7 +71,12 @@ pub fn reconcile_row(store: &Store, jobs_dir: &Path, row: JobRow) -> JobRow {
                     status: JobStatus::Lost,
                     exit_code: None,
                     signal: None,
-                    reason: Some("its supervisor process is gone and left no exit status".into()),
+                    reason: Some(if row.host == "local" {
+                        "its supervisor process is gone and left no exit status".into()
+                    } else {
+                        "the mcpsh server that ran it over SSH stopped, and its channel with it"
+                            .into()
+                    }),
                     ended_ms: now_ms(),
                     total_bytes,
                     total_lines,

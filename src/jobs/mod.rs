@@ -15,6 +15,7 @@ pub mod output;
 pub mod procs;
 pub mod proto;
 pub mod render;
+mod remote;
 mod spawn;
 pub mod spool;
 pub mod supervisor;

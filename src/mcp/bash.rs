@@ -14,6 +14,7 @@ use super::{Progress, define_tool, shell_annotations, tool_error};
 use crate::host::Host;
 use crate::jobs::proto::StdinMode;
 use crate::jobs::{Jobs, StartRequest, output};
+use crate::ssh::Pool;
 
 /// Parameters of `bash`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -70,10 +71,11 @@ pub(crate) fn tool() -> Tool {
 
 pub(crate) async fn call(
     jobs: &Jobs,
+    ssh: Option<&Pool>,
     p: BashParams,
     ctx: &RequestContext<RoleServer>,
 ) -> CallToolResult {
-    match run(jobs, p, ctx).await {
+    match run(jobs, ssh, p, ctx).await {
         Ok(r) => r,
         Err(msg) => tool_error(msg),
     }
@@ -81,14 +83,17 @@ pub(crate) async fn call(
 
 async fn run(
     jobs: &Jobs,
+    ssh: Option<&Pool>,
     p: BashParams,
     ctx: &RequestContext<RoleServer>,
 ) -> Result<CallToolResult, String> {
     let cfg = jobs.config().clone();
     if p.hosts.as_ref().is_some_and(|h| !h.is_empty()) {
-        return Err("`hosts` fan-out needs SSH hosts, which this build does not have configured; use host=\"local\"".into());
+        return Err(
+            "`hosts` fan-out is not available yet; run one host at a time with `host`".into(),
+        );
     }
-    let host = Host::resolve(p.host.as_deref()).map_err(|e| e.to_string())?;
+    let host = Host::resolve(p.host.as_deref(), ssh).map_err(|e| e.to_string())?;
     let wait = p.wait.unwrap_or(cfg.default_wait);
     if !wait.is_finite() || wait < 0.0 {
         return Err(format!(
@@ -121,6 +126,7 @@ async fn run(
         (None, false) => StdinMode::Null,
     };
     let req = StartRequest {
+        host: host.name().to_owned(),
         cmd: p.cmd,
         cwd: p.cwd.map(Into::into),
         env: p.env.unwrap_or_default().into_iter().collect(),

@@ -217,7 +217,7 @@ pub(crate) async fn call_read(
     cfg: &JobsConfig,
     p: FileParams,
 ) -> CallToolResult {
-    if let Err(e) = Host::resolve(p.host.as_deref()) {
+    if let Err(e) = Host::resolve(p.host.as_deref(), None) {
         return tool_error(e.to_string());
     }
     let budget = p
@@ -291,7 +291,7 @@ pub(crate) async fn call_read(
 }
 
 pub(crate) async fn call_write(files: &Arc<Files>, p: FileWriteParams) -> CallToolResult {
-    if let Err(e) = Host::resolve(p.host.as_deref()) {
+    if let Err(e) = Host::resolve(p.host.as_deref(), None) {
         return tool_error(e.to_string());
     }
     let files = files.clone();

@@ -36,6 +36,7 @@ Commands get stdin from /dev/null (no prompts), NO_COLOR=1 and PAGER=cat.";
 #[derive(Clone)]
 pub struct Services {
     pub jobs: Jobs,
+    pub ssh: Option<crate::ssh::Pool>,
     pub files: Arc<Files>,
     pub audit: Audit,
     pub default_principal: Option<Principal>,
@@ -45,6 +46,7 @@ pub struct Services {
 #[derive(Clone)]
 pub struct McpServer {
     jobs: Jobs,
+    ssh: Option<crate::ssh::Pool>,
     files: Arc<Files>,
     audit: Audit,
     default_principal: Option<Principal>,
@@ -54,6 +56,7 @@ impl McpServer {
     pub fn new(s: Services) -> McpServer {
         McpServer {
             jobs: s.jobs,
+            ssh: s.ssh,
             files: s.files,
             audit: s.audit,
             default_principal: s.default_principal,
@@ -254,7 +257,7 @@ impl McpServer {
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         Ok(match tool {
-            "bash" => bash::call(&self.jobs, parse(args)?, context).await,
+            "bash" => bash::call(&self.jobs, self.ssh.as_ref(), parse(args)?, context).await,
             "job" => job::call(&self.jobs, parse(args)?, context).await,
             "file" => file::call_read(&self.files, self.jobs.config(), parse(args)?).await,
             "file_write" => file::call_write(&self.files, parse(args)?).await,

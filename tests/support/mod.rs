@@ -43,6 +43,7 @@ impl State {
 
 pub fn cmd(cmd: &str) -> StartRequest {
     StartRequest {
+        host: "local".into(),
         cmd: cmd.to_owned(),
         cwd: None,
         env: Vec::new(),

@@ -1,0 +1,163 @@
+"""`bash` and `job` on SSH hosts: the same semantics as on `local`, against real sshd
+instances of the lab (see sshd.py), through a real MCP client."""
+
+import asyncio
+import hashlib
+import time
+
+import pytest
+from conftest import marker
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_remote_echo_exit_codes_and_streams(ssh_mcp):
+    r = await ssh_mcp.bash("echo hi; echo err >&2", host="web1")
+    assert (r["status"], r["exit_code"]) == ("exited", 0), r.text
+    assert sorted(r["output"].splitlines()) == ["err", "hi"]
+    r = await ssh_mcp.bash("exit 3", host="web1")
+    assert (r["status"], r["exit_code"], r.is_error) == ("exited", 3, True)
+    r = await ssh_mcp.bash("echo $MCPSH_JOB; pwd", host="web1", cwd="/tmp", env={"A_B": "x y"})
+    lines = r["output"].splitlines()
+    assert lines[0] == r["job"] and lines[1] == "/tmp"
+    r = await ssh_mcp.bash('printf "%s" "$A_B"', host="web1", env={"A_B": "it's $(x) `y`\n"})
+    assert r["output"] == "it's $(x) `y`\n"
+
+
+async def test_remote_stdin_closed_text_fed_and_interactive(ssh_mcp):
+    started = time.monotonic()
+    r = await ssh_mcp.bash("read x && echo got:$x", host="web1")
+    assert time.monotonic() - started < 5 and r["exit_code"] != 0
+    r = await ssh_mcp.bash("cat", host="web1", stdin="abc\n")
+    assert r["output"] == "abc\n"
+    r = await ssh_mcp.bash("read a; echo got:$a", host="web1", interactive=True, wait=0)
+    w = await ssh_mcp.job("write", id=r["job"], text="hello", keys=["enter"])
+    done, out = await ssh_mcp.wait_done(r["job"])
+    assert done["exit_code"] == 0 and "got:hello" in w.get("output", "") + out
+
+
+async def test_remote_tty_output_is_rendered(ssh_mcp):
+    r = await ssh_mcp.bash("tty >/dev/null && echo is-a-tty; printf 'a\\rb\\n'", host="web1", tty=True)
+    assert r["status"] == "exited" and r["exit_code"] == 0, r.text
+    assert "is-a-tty" in r["output"] and "\x1b" not in r["output"]
+
+
+async def test_remote_big_output_pages_reassemble_exactly(ssh_mcp):
+    r = await ssh_mcp.bash("seq 1 200000", host="web1", wait=30)
+    assert r["status"] == "exited"
+    want = "".join(f"{i}\n" for i in range(1, 200001))
+    assert r["total_bytes"] == len(want) and r["total_lines"] == 200000
+    got = await ssh_mcp.read_all(r["job"])
+    assert hashlib.sha256(got.encode()).hexdigest() == hashlib.sha256(want.encode()).hexdigest()
+
+
+async def test_remote_background_then_poll(ssh_mcp):
+    r = await ssh_mcp.bash("sleep 2; echo done", host="web1", wait=0.5)
+    assert r["status"] == "running" and r["host"] == "web1"
+    done, out = await ssh_mcp.wait_done(r["job"])
+    assert (done["status"], done["exit_code"]) == ("exited", 0)
+    assert "done" in out + done["output"]
+
+
+async def test_remote_timeout_kills_the_whole_remote_tree(ssh_mcp, ssh_lab):
+    m = marker()
+    cmd = f"(setsid sh -c 'sleep 300.{m}' &) ; sleep 301.{m}"
+    started = time.monotonic()
+    r = await ssh_mcp.bash(cmd, host="web1", timeout=2, wait=20)
+    assert r["status"] == "timed_out", r.text
+    assert time.monotonic() - started < 8
+    assert ssh_lab.wait_no_remote_pids(m, timeout=5) == []
+
+
+async def test_remote_kill_reports_what_it_verified(ssh_mcp, ssh_lab):
+    m = marker()
+    r = await ssh_mcp.bash(
+        f"(setsid sh -c 'sleep 300.{m}' & sleep 301.{m}) & sleep 302.{m}",
+        host="web1", wait=1)
+    assert r["status"] == "running"
+    await asyncio.sleep(0.5)
+    k = await ssh_mcp.job("kill", id=r["job"])
+    assert k["status"] == "killed", k.text
+    assert "3 terminated" in k.text or "terminated" in k.text, k.text
+    assert ssh_lab.wait_no_remote_pids(m, timeout=5) == []
+
+
+async def test_a_dead_connection_makes_the_job_lost_with_the_reason(ssh_mcp, ssh_lab):
+    r = await ssh_mcp.bash("sleep 120", host="web1", wait=1)
+    assert r["status"] == "running"
+    ssh_lab["web1"].kill()
+    started = time.monotonic()
+    done, _ = await ssh_mcp.wait_done(r["job"], timeout=40)
+    assert done["status"] == "lost", done.text
+    assert time.monotonic() - started < 30
+    assert "web1" in done.text
+
+
+async def test_fifty_concurrent_commands_on_one_host_all_succeed(ssh_mcp):
+    rs = await asyncio.gather(*(ssh_mcp.bash(f"echo n{i}", host="web1", wait=40) for i in range(50)))
+    for i, r in enumerate(rs):
+        assert (r["status"], r["exit_code"], r["output"]) == ("exited", 0, f"n{i}\n"), r.text
+
+
+async def test_proxyjump_host_runs_commands(ssh_mcp, ssh_lab):
+    r = await ssh_mcp.bash("echo via-hop", host="behind-hop")
+    assert (r["exit_code"], r["output"]) == (0, "via-hop\n"), r.text
+
+
+async def test_unknown_changed_and_revoked_keys_are_refused_with_the_fingerprint(ssh_lab, ssh_server):
+    web1 = ssh_lab["web1"]
+    fp = web1.fingerprint("ed25519")
+    cases = {
+        "unknown": [],
+        "changed": [ssh_lab.known_hosts_line(web1, key="ed25519", changed=True)],
+        "revoked": [ssh_lab.known_hosts_line(web1, key="ed25519", marker="@revoked"),
+                    ssh_lab.known_hosts_line(web1, key="ed25519")],
+    }
+    for case, lines in cases.items():
+        ssh_lab.write_known_hosts(lines)
+        async with ssh_server.connect("auto") as s:
+            r = await s.bash("echo should-not-run", host="web1")
+        assert r.is_error, (case, r.text)
+        assert "should-not-run" not in r.text
+        assert "REFUSED" in r.text and fp.split(":", 1)[1] in r.text, (case, r.text)
+        if case != "revoked":
+            assert "mcpsh hosts trust web1" in r.text
+
+
+async def test_hashed_and_wildcard_known_hosts_entries_are_accepted(ssh_lab, ssh_server):
+    web1 = ssh_lab["web1"]
+    for line in (ssh_lab.known_hosts_line(web1, key="ed25519", hashed=True),
+                 ssh_lab.known_hosts_line(web1, key="ed25519", pattern="[127.0.0.*]:{port}")):
+        ssh_lab.write_known_hosts([line])
+        async with ssh_server.connect("auto") as s:
+            r = await s.bash("echo ok", host="web1")
+        assert r["output"] == "ok\n", (line, r.text)
+
+
+async def test_injection_through_host_names_never_runs_anything(ssh_mcp, tmp_path):
+    canary = tmp_path / "pwned"
+    hostile = [
+        "-oProxyCommand=touch " + str(canary), "-F/dev/null", "web1;touch " + str(canary),
+        "web1 && touch " + str(canary), "$(touch " + str(canary) + ")", "`touch " + str(canary) + "`",
+        "web1|sh", "web1\ntouch", "web1'", 'web1"', "-", "--", "-V", "web1 -oX=1",
+        "../web1", "web1/..", "user@web1", "web1:22", "[web1]", "*", "web?", "web1\x00",
+    ]
+    for name in hostile:
+        r = await ssh_mcp.bash("echo ran", host=name)
+        assert r.is_error and "ran\n" not in r.text, (name, r.text)
+    assert not canary.exists()
+
+
+async def test_cli_hosts_list_test_and_trust(ssh_lab, ssh_server):
+    out = ssh_server.cli("hosts", "list", "-l")
+    assert out.returncode == 0 and "web1" in out.stdout and "behind-hop" in out.stdout, out
+    ssh_lab.write_known_hosts([])
+    t = ssh_server.cli("hosts", "test", "web1")
+    assert t.returncode != 0 and "REFUSED" in t.stdout, t
+    # Without a terminal and without --yes nothing is added.
+    n = ssh_server.cli("hosts", "trust", "web1")
+    assert n.returncode != 0 and ssh_lab.known_hosts.read_text() == ""
+    y = ssh_server.cli("hosts", "trust", "web1", "--yes")
+    assert y.returncode == 0 and ssh_lab["web1"].fingerprint("ed25519") in y.stdout, y
+    t = ssh_server.cli("hosts", "test", "web1")
+    assert t.returncode == 0 and "ok" in t.stdout, t
