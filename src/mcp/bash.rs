@@ -10,7 +10,8 @@ use rmcp::service::{RequestContext, RoleServer};
 use serde::Deserialize;
 
 use super::render::JobResult;
-use super::{Progress, define_tool, shell_annotations, tool_error};
+use super::{Progress, define_tool_either, shell_annotations, tool_error};
+use crate::config::JobsConfig;
 use crate::host::Host;
 use crate::jobs::proto::StdinMode;
 use crate::jobs::{Jobs, StartRequest, output};
@@ -58,13 +59,14 @@ pub(crate) struct BashParams {
 }
 
 pub(crate) fn tool() -> Tool {
-    define_tool::<BashParams, JobResult>(
+    define_tool_either::<BashParams, JobResult, super::fanout::FanoutResult>(
         "bash",
         "Run a shell command as a job. Waits up to `wait` seconds (default 10) and returns status, exit code, \
          duration and a bounded output excerpt (head and tail, with the exact omitted range and the cursor to \
          read it); a command still running by then keeps running in the background and its job id is returned \
          for `job` (poll/kill/write). stdin is /dev/null unless `stdin`, `interactive` or `tty` is given, so \
-         prompts fail fast. A non-zero exit sets isError.",
+         prompts fail fast. A non-zero exit sets isError. With `hosts` (names, globs, tag:NAME) the command \
+         runs on every selected SSH host in parallel and the answer is a summary plus one entry per host.",
         shell_annotations(),
     )
 }
@@ -87,13 +89,63 @@ async fn run(
     p: BashParams,
     ctx: &RequestContext<RoleServer>,
 ) -> Result<CallToolResult, String> {
-    let cfg = jobs.config().clone();
-    if p.hosts.as_ref().is_some_and(|h| !h.is_empty()) {
-        return Err(
-            "`hosts` fan-out is not available yet; run one host at a time with `host`".into(),
-        );
+    let selectors = p.hosts.clone().filter(|h| !h.is_empty());
+    let prep = prepare(jobs.config(), p, ssh, selectors.is_some())?;
+    if let Some(selectors) = selectors {
+        let Some(pool) = ssh else {
+            return Err("`hosts` fan-out needs SSH hosts, and none are configured (add Host entries to ~/.ssh/config or hosts.toml)".into());
+        };
+        return super::fanout::run(jobs, pool, &selectors, prep, &ctx.ct).await;
     }
-    let host = Host::resolve(p.host.as_deref(), ssh).map_err(|e| e.to_string())?;
+    let Prepared {
+        request: req,
+        wait,
+        budget,
+    } = prep;
+    let host = req.host.clone();
+    let id = jobs.start(req).await.map_err(|e| e.to_string())?;
+    tracing::info!(job = %id, host = %host, "started");
+
+    let progress = Progress::new(ctx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+    let waited = jobs
+        .wait(&id, deadline, None, &ctx.ct, |p| {
+            progress.report(&id, p.bytes)
+        })
+        .await;
+    if ctx.ct.is_cancelled() && waited.end.is_none() {
+        // Cancelling the call ends the wait, not the job: a dropped connection or
+        // a server restart must never kill work (jobs are durable by design).
+        return Err(format!(
+            "cancelled while waiting; job {id} keeps running in the background \
+             (job action=poll id={id} to follow it, job action=kill id={id} to stop it)"
+        ));
+    }
+    result(jobs, &id, budget).await.map(JobResult::into_result)
+}
+
+/// A `bash` call's parameters, checked: what to start, how long to wait
+/// inline, and the output budget.
+pub(crate) struct Prepared {
+    pub request: StartRequest,
+    pub wait: f64,
+    pub budget: usize,
+}
+
+fn prepare(
+    cfg: &JobsConfig,
+    p: BashParams,
+    ssh: Option<&Pool>,
+    fanout: bool,
+) -> Result<Prepared, String> {
+    if fanout && p.host.as_deref().is_some_and(|h| !h.trim().is_empty()) {
+        return Err("give either `host` (one machine) or `hosts` (fan-out), not both".into());
+    }
+    let host = if fanout {
+        Host::Local
+    } else {
+        Host::resolve(p.host.as_deref(), ssh).map_err(|e| e.to_string())?
+    };
     let wait = p.wait.unwrap_or(cfg.default_wait);
     if !wait.is_finite() || wait < 0.0 {
         return Err(format!(
@@ -125,7 +177,7 @@ async fn run(
         (None, true) => StdinMode::Interactive,
         (None, false) => StdinMode::Null,
     };
-    let req = StartRequest {
+    let request = StartRequest {
         host: host.name().to_owned(),
         cmd: p.cmd,
         cwd: p.cwd.map(Into::into),
@@ -135,25 +187,11 @@ async fn run(
         title: p.title,
         timeout,
     };
-    let id = jobs.start(req).await.map_err(|e| e.to_string())?;
-    tracing::info!(job = %id, host = host.name(), "started");
-
-    let progress = Progress::new(ctx);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-    let waited = jobs
-        .wait(&id, deadline, None, &ctx.ct, |p| {
-            progress.report(&id, p.bytes)
-        })
-        .await;
-    if ctx.ct.is_cancelled() && waited.end.is_none() {
-        // Cancelling the call ends the wait, not the job: a dropped connection or
-        // a server restart must never kill work (jobs are durable by design).
-        return Err(format!(
-            "cancelled while waiting; job {id} keeps running in the background \
-             (job action=poll id={id} to follow it, job action=kill id={id} to stop it)"
-        ));
-    }
-    result(jobs, &id, budget).await.map(JobResult::into_result)
+    Ok(Prepared {
+        request,
+        wait,
+        budget,
+    })
 }
 
 /// The job's current state with a head+tail excerpt of all its output; the

@@ -3,6 +3,7 @@
 //! job engine; they never spawn processes or touch SQL themselves.
 
 mod bash;
+mod fanout;
 mod file;
 mod job;
 mod render;
@@ -104,10 +105,23 @@ fn describe(tool: &str, args: &serde_json::Map<String, serde_json::Value>) -> (C
     let host = text("host")
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "local".into());
-    let mut hosts = vec![host.clone()];
-    if let Some(list) = args.get("hosts").and_then(|v| v.as_array()) {
-        hosts.extend(list.iter().filter_map(|h| h.as_str()).map(str::to_owned));
-    }
+    let fanout: Vec<String> = args
+        .get("hosts")
+        .and_then(|v| v.as_array())
+        .map(|l| {
+            l.iter()
+                .filter_map(|h| h.as_str())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    // A fan-out call without `host` does not touch `local`.
+    let mut hosts = if fanout.is_empty() || text("host").is_some_and(|h| !h.is_empty()) {
+        vec![host.clone()]
+    } else {
+        Vec::new()
+    };
+    hosts.extend(fanout);
     let target = match tool {
         "bash" => text("cmd"),
         "job" => text("id"),
@@ -184,6 +198,7 @@ impl ServerHandler for McpServer {
         let args = request.arguments.unwrap_or_default();
         let principal = self.principal(&context)?;
         let (call, hosts) = describe(&request.name, &args);
+        let hosts = self.expand_hosts(hosts);
         let who = Who {
             user: Some(&principal.user),
             token_id: principal.token_id.as_deref(),
@@ -228,6 +243,28 @@ impl ServerHandler for McpServer {
 }
 
 impl McpServer {
+    /// Host selectors (globs, `tag:`) as the host names they select, so a
+    /// host-limited token is checked against each host a fan-out reaches.
+    /// A selector that selects nothing stays as written (and is refused by
+    /// a limited token; the tool reports it otherwise).
+    fn expand_hosts(&self, hosts: Vec<String>) -> Vec<String> {
+        let Some(pool) = &self.ssh else {
+            return hosts;
+        };
+        let inv = pool.inventory();
+        hosts
+            .into_iter()
+            .flat_map(|h| {
+                if h.contains(['*', '?']) || h.starts_with("tag:") {
+                    inv.select(std::slice::from_ref(&h))
+                        .unwrap_or_else(|_| vec![h])
+                } else {
+                    vec![h]
+                }
+            })
+            .collect()
+    }
+
     /// A token limited to some hosts may act only on jobs of those hosts:
     /// the job's own host is checked (its `host` argument alone proves
     /// nothing), and a list must name an allowed host.
@@ -295,6 +332,43 @@ where
     use rmcp::handler::server::common::schema_for_type;
     define_input_tool::<P>(name, description, annotations)
         .with_raw_output_schema(schema_for_type::<R>())
+}
+
+/// Like [`define_tool`] for a tool that answers in one of two shapes: the
+/// output schema is an object that is either `A` or `B`.
+fn define_tool_either<P, A, B>(
+    name: &'static str,
+    description: &'static str,
+    annotations: ToolAnnotations,
+) -> Tool
+where
+    P: rmcp::schemars::JsonSchema + 'static,
+    A: rmcp::schemars::JsonSchema + 'static,
+    B: rmcp::schemars::JsonSchema + 'static,
+{
+    use rmcp::handler::server::common::schema_for_type;
+    let mut defs = serde_json::Map::new();
+    let mut branch = |schema: &serde_json::Map<String, serde_json::Value>| {
+        let mut schema = schema.clone();
+        for key in ["$defs", "definitions"] {
+            if let Some(serde_json::Value::Object(d)) = schema.remove(key) {
+                defs.extend(d);
+            }
+        }
+        schema.remove("$schema");
+        serde_json::Value::Object(schema)
+    };
+    let (a, b) = (
+        branch(&schema_for_type::<A>()),
+        branch(&schema_for_type::<B>()),
+    );
+    let mut root = serde_json::Map::new();
+    root.insert("type".into(), "object".into());
+    root.insert("anyOf".into(), serde_json::Value::Array(vec![a, b]));
+    if !defs.is_empty() {
+        root.insert("$defs".into(), serde_json::Value::Object(defs));
+    }
+    define_input_tool::<P>(name, description, annotations).with_raw_output_schema(Arc::new(root))
 }
 
 /// A tool definition from its parameter type alone, for results whose shape

@@ -30,10 +30,28 @@ pub struct Pool {
 
 struct Inner {
     cfg: SshConfig,
-    inventory: Mutex<Arc<Inventory>>,
+    inventory: Mutex<Loaded>,
     agent_sock: Option<PathBuf>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     started: Instant,
+}
+
+/// The inventory and the state of the files it was read from.
+struct Loaded {
+    inventory: Arc<Inventory>,
+    stamp: Vec<Option<(std::time::SystemTime, u64)>>,
+    checked: Instant,
+}
+
+/// Modification time and size of each file the inventory comes from.
+fn stamp(cfg: &SshConfig) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    [&cfg.config, &cfg.hosts_toml]
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
 }
 
 /// Where one host's connection lives; the async mutex makes concurrent
@@ -299,10 +317,15 @@ fn load_known(host: &HostConfig) -> Result<Arc<KnownHosts>, SshError> {
 impl Pool {
     /// A pool over `inventory`. `SSH_AUTH_SOCK`, when set, is the agent.
     pub fn new(cfg: SshConfig, inventory: Inventory) -> Pool {
+        let files = stamp(&cfg);
         Pool {
             inner: Arc::new(Inner {
                 cfg,
-                inventory: Mutex::new(Arc::new(inventory)),
+                inventory: Mutex::new(Loaded {
+                    inventory: Arc::new(inventory),
+                    stamp: files,
+                    checked: Instant::now(),
+                }),
                 agent_sock: std::env::var_os("SSH_AUTH_SOCK")
                     .filter(|s| !s.is_empty())
                     .map(PathBuf::from),
@@ -323,8 +346,25 @@ impl Pool {
         &self.inner.cfg
     }
 
+    /// The inventory, re-read when the ssh config or hosts.toml changed
+    /// (checked at most once a second), so edits need no restart.
     pub fn inventory(&self) -> Arc<Inventory> {
-        lock(&self.inner.inventory).clone()
+        let mut loaded = lock(&self.inner.inventory);
+        if loaded.checked.elapsed() >= Duration::from_secs(1) {
+            loaded.checked = Instant::now();
+            let now = stamp(&self.inner.cfg);
+            if now != loaded.stamp {
+                let cfg = &self.inner.cfg;
+                match Inventory::load(&cfg.config, Some(&cfg.hosts_toml)) {
+                    Ok(inv) => {
+                        loaded.inventory = Arc::new(inv);
+                        loaded.stamp = now;
+                    }
+                    Err(e) => tracing::warn!("keeping the previous SSH inventory: {e}"),
+                }
+            }
+        }
+        loaded.inventory.clone()
     }
 
     /// Whether `name` is a host of the inventory.

@@ -161,3 +161,63 @@ async def test_cli_hosts_list_test_and_trust(ssh_lab, ssh_server):
     assert y.returncode == 0 and ssh_lab["web1"].fingerprint("ed25519") in y.stdout, y
     t = ssh_server.cli("hosts", "test", "web1")
     assert t.returncode == 0 and "ok" in t.stdout, t
+
+
+def _fleet(ssh_lab):
+    """12 aliases: web-01..web-10 (tag web) on web1, `dead` (nothing listens), and
+    `silent` (accepts TCP but never speaks SSH; ConnectTimeout 2)."""
+    import socket
+    web1 = ssh_lab["web1"]
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    entries = {f"web-{i:02}": web1 for i in range(1, 11)}
+    entries["dead"] = {"port": dead_port}
+    entries["silent"] = {"port": silent.getsockname()[1], "extra": "ConnectTimeout 2"}
+    ssh_lab.add_hosts(entries)
+    ssh_lab.write_hosts_toml([{"name": f"web-{i:02}", "tags": ["web"]} for i in range(1, 11)])
+    return silent
+
+
+async def test_fanout_runs_in_parallel_and_dead_hosts_do_not_hold_back_others(ssh_lab, ssh_server):
+    silent = _fleet(ssh_lab)
+    time.sleep(1.1)  # the server re-reads its inventory when the files change (checked each second)
+    try:
+        async with ssh_server.connect("auto") as s:
+            started = time.monotonic()
+            r = await s.bash("sleep 1; echo up-$MCPSH_JOB", hosts=["tag:web", "dead", "silent"], wait=20)
+            took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert r.is_error  # two hosts failed
+    summary = r["summary"]
+    assert (summary["hosts"], summary["ok"], summary["failed"]) == (12, 10, 2), r.text
+    by_host = {e["host"]: e for e in r["hosts"]}
+    for i in range(1, 11):
+        job = by_host[f"web-{i:02}"]["job"]
+        assert job["exit_code"] == 0 and job["output"] == f"up-{job['job']}\n"
+    assert "dead" in by_host and "error" in by_host["dead"]
+    assert "refused" in by_host["dead"]["error"].lower(), by_host["dead"]
+    assert "silent" in by_host and "error" in by_host["silent"]
+    # Ten one-second commands in parallel, and the silent host's 2 s connect timeout:
+    # far less than the 10+ s a host-after-host loop would need.
+    assert took < 6, took
+
+
+async def test_fanout_selectors_globs_and_errors(ssh_lab, ssh_server):
+    _fleet(ssh_lab).close()
+    time.sleep(1.1)
+    async with ssh_server.connect("auto") as s:
+        r = await s.bash("hostname >/dev/null && echo ok", hosts=["web-0*"])
+        assert r["summary"]["hosts"] == 9 and r["summary"]["ok"] == 9, r.text
+        r = await s.bash("echo x", hosts=["nosuch-*"])
+        assert r.is_error and "matches no host" in r.text
+        r = await s.bash("echo x", hosts=["tag:nope"])
+        assert r.is_error and "no host has tag" in r.text
+        r = await s.bash("echo x", hosts=["-oProxyCommand=x"])
+        assert r.is_error and "refused" in r.text
+        r = await s.bash("echo x", host="web-01", hosts=["web-02"])
+        assert r.is_error and "not both" in r.text
