@@ -5,6 +5,7 @@
 mod bash;
 mod fanout;
 mod file;
+mod hosts;
 mod job;
 mod render;
 
@@ -70,6 +71,7 @@ impl McpServer {
             job::tool(),
             file::read_tool(),
             file::write_tool(),
+            hosts::tool(),
         ]
     }
 
@@ -91,7 +93,7 @@ impl McpServer {
 /// is closed until it is mapped here.
 fn scope_for(tool: &str) -> Scope {
     match tool {
-        "bash" | "job" => Scope::Exec,
+        "bash" | "job" | "hosts" => Scope::Exec,
         "file" => Scope::FilesRead,
         "file_write" => Scope::FilesWrite,
         _ => Scope::Admin,
@@ -115,8 +117,10 @@ fn describe(tool: &str, args: &serde_json::Map<String, serde_json::Value>) -> (C
                 .collect()
         })
         .unwrap_or_default();
-    // A fan-out call without `host` does not touch `local`.
-    let mut hosts = if fanout.is_empty() || text("host").is_some_and(|h| !h.is_empty()) {
+    // A fan-out call without `host` does not touch `local`, nor does `hosts`
+    // (its list shows only the hosts the caller may reach).
+    let named = text("host").is_some_and(|h| !h.is_empty());
+    let mut hosts = if named || (fanout.is_empty() && tool != "hosts") {
         vec![host.clone()]
     } else {
         Vec::new()
@@ -225,7 +229,7 @@ impl ServerHandler for McpServer {
         let started = std::time::Instant::now();
         let span = tracing::info_span!("tool", tool = %request.name);
         let result = self
-            .dispatch(&request.name, args, &context)
+            .dispatch(&request.name, args, &context, &principal)
             .instrument(span)
             .await;
         let end = match &result {
@@ -292,14 +296,16 @@ impl McpServer {
         tool: &str,
         args: serde_json::Map<String, serde_json::Value>,
         context: &RequestContext<RoleServer>,
+        principal: &Principal,
     ) -> Result<CallToolResult, ErrorData> {
         Ok(match tool {
             "bash" => bash::call(&self.jobs, self.ssh.as_ref(), parse(args)?, context).await,
             "job" => job::call(&self.jobs, parse(args)?, context).await,
             "file" => file::call_read(&self.files, self.jobs.config(), parse(args)?).await,
             "file_write" => file::call_write(&self.files, parse(args)?).await,
+            "hosts" => hosts::call(self.ssh.as_ref(), principal, parse(args)?).await,
             other => tool_error(format!(
-                "unknown tool {other:?}; the tools are bash, job, file and file_write"
+                "unknown tool {other:?}; the tools are bash, job, file, file_write and hosts"
             )),
         })
     }

@@ -499,6 +499,7 @@ def test_foreign_host_or_origin_is_refused_on_every_route(auth_server, method, p
 TOOL_CALLS = [
     ("bash", {"cmd": "true"}, "exec"),
     ("job", {"action": "list"}, "exec"),
+    ("hosts", {"action": "list"}, "exec"),
     ("file", {"action": "read", "path": "/etc/hostname"}, "files:read"),
     ("file", {"action": "list", "path": "/tmp"}, "files:read"),
     ("file", {"action": "stat", "path": "/tmp"}, "files:read"),

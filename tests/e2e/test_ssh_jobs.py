@@ -221,3 +221,25 @@ async def test_fanout_selectors_globs_and_errors(ssh_lab, ssh_server):
         assert r.is_error and "refused" in r.text
         r = await s.bash("echo x", host="web-01", hosts=["web-02"])
         assert r.is_error and "not both" in r.text
+
+
+async def test_hosts_tool_list_test_and_info(ssh_mcp, ssh_lab):
+    r = await ssh_mcp.call("hosts", {"action": "list"})
+    names = [h["name"] for h in r["hosts"]]
+    assert names == ["web1", "hop", "behind-hop"], r.text
+    assert not any(h["connected"] for h in r["hosts"])
+    t = await ssh_mcp.call("hosts", {"action": "test", "hosts": ["web1", "behind-hop"]})
+    assert t["failed"] == 0, t.text
+    for e in t["hosts"]:
+        assert e["ok"] and e["result"]["timings"]["auth_method"].startswith("key ")
+        assert ssh_lab["web1"].fingerprint("ed25519").split(":", 1)[1] in e["result"]["host_key"]
+    assert t["hosts"][1]["result"]["via"] == ["hop"]
+    i = await ssh_mcp.call("hosts", {"action": "info", "host": "web1"})
+    facts = i["hosts"][0]["result"]
+    assert facts["cpus"] >= 1 and facts["mem_total_kib"] > 0 and facts["kernel"].startswith("Linux")
+    assert any(d["mount"] == "/" for d in facts["disks"]), facts
+    await ssh_mcp.bash("true", host="web1")
+    r = await ssh_mcp.call("hosts", {"action": "list"})
+    assert {h["name"]: h["connected"] for h in r["hosts"]}["web1"] is True
+    bad = await ssh_mcp.call("hosts", {"action": "info", "host": "nope"})
+    assert bad.is_error and "unknown host" in bad.text
