@@ -21,6 +21,9 @@
 //! 8. `auth`: a flood of wrong-password logins from one source while the
 //!    owner logs in from another (how many reach the password hasher), and
 //!    the cost of a bearer token on `/mcp`.
+//! 9. `ssh`: through a real `sshd` on 127.0.0.1: fan-out `uptime` on 50
+//!    aliases cold and warm, cold connect, warm remote `bash true`, and the
+//!    OpenSSH client for reference.
 //!
 //! Every server gets its own state directory under a temporary directory
 //! that is removed at the end; servers are stopped with SIGTERM (SIGKILL
@@ -38,6 +41,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod ssh_bench;
 
 use mcpsh::files::Scope;
 use mcpsh::files::grep::{self, Case, GrepOptions};
@@ -2250,7 +2255,7 @@ fn main() -> std::process::ExitCode {
     let mut rep = Report::default();
     let load0 = loadavg();
     type Section = fn(&mut Report, &Opts, &TempDir) -> Result<()>;
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 9] = [
         ("HTTP round trips", bench_http),
         ("spawn floor", bench_floor),
         ("stdio round trips", bench_stdio),
@@ -2259,6 +2264,7 @@ fn main() -> std::process::ExitCode {
         ("file grep", bench_grep),
         ("file read", bench_file_read),
         ("auth", bench_auth),
+        ("ssh", ssh_bench::bench_ssh),
     ];
     for (name, f) in sections {
         if o.only

@@ -243,3 +243,23 @@ async def test_hosts_tool_list_test_and_info(ssh_mcp, ssh_lab):
     assert {h["name"]: h["connected"] for h in r["hosts"]}["web1"] is True
     bad = await ssh_mcp.call("hosts", {"action": "info", "host": "nope"})
     assert bad.is_error and "unknown host" in bad.text
+
+
+async def test_encrypted_key_needs_the_agent_and_works_through_it(ssh_lab):
+    from conftest import Server
+    ssh_lab.add_hosts({"locked": {"sshd": ssh_lab["web1"], "identity": ssh_lab.encrypted_key}})
+    server = Server("stdio")
+    try:
+        server.env = ssh_lab.env(server.env)
+        async with server.connect("auto") as s:
+            r = await s.bash("echo in", host="locked")
+        assert r.is_error and "encrypted" in r.text and "ssh-add" in r.text, r.text
+        ssh_lab.start_agent(key=ssh_lab.encrypted_key, passphrase=ssh_lab.passphrase)
+        server.env = ssh_lab.env(server.env)
+        async with server.connect("auto") as s:
+            r = await s.bash("echo in", host="locked")
+            assert (r["exit_code"], r["output"]) == (0, "in\n"), r.text
+            t = await s.call("hosts", {"action": "test", "host": "locked"})
+            assert t["hosts"][0]["result"]["timings"]["auth_method"].startswith("agent SHA256:"), t.text
+    finally:
+        server.cleanup()
