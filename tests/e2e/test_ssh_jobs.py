@@ -11,6 +11,20 @@ from conftest import marker
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture
+async def one_mcp(ssh_lab):
+    """One stdio session on the lab, for slow connection-failure tests that need not run in
+    every transport x mode combination (those paths do not depend on the transport)."""
+    from conftest import Server
+    server = Server("stdio")
+    server.env = ssh_lab.env(server.env)
+    try:
+        async with server.connect("auto") as s:
+            yield s
+    finally:
+        server.cleanup()
+
+
 async def test_remote_echo_exit_codes_and_streams(ssh_mcp):
     r = await ssh_mcp.bash("echo hi; echo err >&2", host="web1")
     assert (r["status"], r["exit_code"]) == ("exited", 0), r.text
@@ -82,7 +96,8 @@ async def test_remote_kill_reports_what_it_verified(ssh_mcp, ssh_lab):
     assert ssh_lab.wait_no_remote_pids(m, timeout=5) == []
 
 
-async def test_a_dead_connection_makes_the_job_lost_with_the_reason(ssh_mcp, ssh_lab):
+async def test_a_dead_connection_makes_the_job_lost_with_the_reason(one_mcp, ssh_lab):
+    ssh_mcp = one_mcp
     r = await ssh_mcp.bash("sleep 120", host="web1", wait=1)
     assert r["status"] == "running"
     ssh_lab["web1"].kill()
@@ -263,3 +278,37 @@ async def test_encrypted_key_needs_the_agent_and_works_through_it(ssh_lab):
             assert t["hosts"][0]["result"]["timings"]["auth_method"].startswith("agent SHA256:"), t.text
     finally:
         server.cleanup()
+
+
+async def test_a_silent_peer_is_detected_by_keepalives_within_30s(one_mcp, ssh_lab):
+    """The host stops answering without closing anything (SIGSTOP of every sshd process):
+    only keepalives can tell, and the job must end `lost` with no hung call."""
+    import contextlib
+    import os
+    import signal
+    ssh_mcp = one_mcp
+    r = await ssh_mcp.bash("sleep 120", host="web1", wait=1)
+    assert r["status"] == "running"
+    frozen = ssh_lab["web1"].pids(sessions=True)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        done, _ = await ssh_mcp.wait_done(r["job"], timeout=45)
+        took = time.monotonic() - started
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert done["status"] == "lost", done.text
+    assert took <= 30, took
+
+
+async def test_the_pool_reconnects_after_the_host_restarts(one_mcp, ssh_lab):
+    ssh_mcp = one_mcp
+    r = await ssh_mcp.bash("echo one", host="web1")
+    assert r["output"] == "one\n"
+    ssh_lab["web1"].kill()
+    ssh_lab["web1"].start(port=ssh_lab["web1"].port)
+    r = await ssh_mcp.bash("echo two", host="web1")
+    assert (r["exit_code"], r["output"]) == (0, "two\n"), r.text
