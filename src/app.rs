@@ -13,6 +13,7 @@ use crate::audit::Audit;
 use crate::auth::{Auth, AuthConfig, Principal};
 use crate::config::Config;
 use crate::files::Files;
+use crate::files::remote::RemoteHosts;
 use crate::jobs::{JobError, Jobs};
 use crate::ssh::Pool;
 use crate::store::{Store, StoreError};
@@ -83,6 +84,7 @@ pub struct App {
     pub files: Arc<Files>,
     /// SSH hosts, when the inventory could be read.
     pub ssh: Option<Pool>,
+    pub remote_files: Option<RemoteHosts>,
     pub store: Store,
     pub audit: Audit,
     pub tracker: TaskTracker,
@@ -142,6 +144,7 @@ impl App {
             config,
             jobs,
             files,
+            remote_files: ssh.clone().map(RemoteHosts::new),
             ssh,
             audit,
             store,
@@ -154,6 +157,7 @@ impl App {
         crate::mcp::Services {
             jobs: self.jobs.clone(),
             ssh: self.ssh.clone(),
+            remote_files: self.remote_files.clone(),
             files: self.files.clone(),
             audit: self.audit.clone(),
             default_principal,

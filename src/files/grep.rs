@@ -123,6 +123,10 @@ pub struct GrepResult {
     pub next_offset: Option<usize>,
     /// The page stopped early because of the byte budget.
     pub truncated: bool,
+    /// How this search differs from the usual one (on an SSH host without
+    /// ripgrep, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Search `path` (absolute; a file or a directory) and return matches
@@ -221,7 +225,7 @@ fn search_file(
     Ok(())
 }
 
-fn matcher(opts: &GrepOptions) -> Result<RegexMatcher, FileError> {
+pub(super) fn matcher(opts: &GrepOptions) -> Result<RegexMatcher, FileError> {
     RegexMatcherBuilder::new()
         .case_insensitive(opts.case == Case::Insensitive)
         .case_smart(opts.case == Case::Smart)
@@ -265,24 +269,32 @@ fn open_in_tree(scope: &Scope, path: &Path) -> Result<File, FileError> {
 
 /// What the counting pass found.
 #[derive(Debug, Default)]
-struct Tally {
+pub(super) struct Tally {
     /// Matching lines per file (relative path), only for the files that can
     /// hold one of the first `keep` matches in path order.
-    counts: BTreeMap<PathBuf, u64>,
+    pub(super) counts: BTreeMap<PathBuf, u64>,
     /// Sum of `counts`.
     kept: u64,
     keep: u64,
-    matches: u64,
-    files_with_matches: u64,
-    files_searched: u64,
-    skipped: u64,
+    pub(super) matches: u64,
+    pub(super) files_with_matches: u64,
+    pub(super) files_searched: u64,
+    pub(super) skipped: u64,
 }
 
 impl Tally {
+    /// A tally keeping the files that hold the first `keep` matches.
+    pub(super) fn new(keep: u64) -> Tally {
+        Tally {
+            keep,
+            ..Tally::default()
+        }
+    }
+
     /// Record `count` (> 0) matches in `rel`, then forget the files that can
     /// no longer hold one of the first `keep` matches: those whose first
     /// match comes at or after position `keep`.
-    fn add(&mut self, rel: &Path, count: u64) {
+    pub(super) fn add(&mut self, rel: &Path, count: u64) {
         self.matches += count;
         self.files_with_matches += 1;
         if self.kept >= self.keep
@@ -320,10 +332,7 @@ fn count_tree(
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(MAX_THREADS);
-    let tally = Mutex::new(Tally {
-        keep,
-        ..Tally::default()
-    });
+    let tally = Mutex::new(Tally::new(keep));
     let mut walk = walker(scope, dir, opts.hidden, opts.gitignore);
     if !globs.is_empty() {
         walk.filter_entry(glob_filter(globs));
@@ -442,7 +451,7 @@ impl Sink for Count {
 /// Collects a file's matches number `skip..end` (0-based within the file)
 /// with their context lines, storing no more than the page's remaining
 /// budget; counts every match it sees.
-struct Collect {
+pub(super) struct Collect {
     path: String,
     skip: u64,
     end: u64,
@@ -453,17 +462,17 @@ struct Collect {
     binary: bool,
     /// The last `context` lines seen, for the next match's `before`.
     recent: VecDeque<Line>,
-    matches: Vec<GrepMatch>,
+    pub(super) matches: Vec<GrepMatch>,
     /// The page is empty so far: the first match is stored whatever it costs.
     first_of_page: bool,
     budget: usize,
     used: usize,
     /// Index of the first match in the window not stored for lack of budget.
-    unstored: Option<u64>,
+    pub(super) unstored: Option<u64>,
 }
 
 impl Collect {
-    fn new(path: &str, skip: u64, end: u64, page: &Page) -> Collect {
+    pub(super) fn new(path: &str, skip: u64, end: u64, page: &Page) -> Collect {
         Collect {
             path: path.to_owned(),
             skip,
@@ -479,6 +488,28 @@ impl Collect {
             used: 0,
             unstored: None,
         }
+    }
+
+    /// Matches seen so far in this file.
+    pub(super) fn seen(&self) -> u64 {
+        self.count
+    }
+
+    /// Take a matching line; whether the file's later lines are wanted.
+    pub(super) fn on_match(&mut self, line: u64, bytes: &[u8]) -> bool {
+        let index = self.count;
+        if index >= self.skip && self.storing() {
+            self.store(index, line, bytes);
+        }
+        self.count += 1;
+        self.see(line, bytes);
+        self.go_on(line)
+    }
+
+    /// Take a context line; whether the file's later lines are wanted.
+    pub(super) fn on_context(&mut self, line: u64, bytes: &[u8]) -> bool {
+        self.see(line, bytes);
+        self.go_on(line)
     }
 
     /// Will more matches be stored?
@@ -554,20 +585,11 @@ impl Sink for Collect {
     type Error = io::Error;
 
     fn matched(&mut self, _: &Searcher, mat: &SinkMatch<'_>) -> Result<bool, io::Error> {
-        let index = self.count;
-        let line = mat.line_number().unwrap_or(0);
-        if index >= self.skip && self.storing() {
-            self.store(index, line, mat.bytes());
-        }
-        self.count += 1;
-        self.see(line, mat.bytes());
-        Ok(self.go_on(line))
+        Ok(self.on_match(mat.line_number().unwrap_or(0), mat.bytes()))
     }
 
     fn context(&mut self, _: &Searcher, ctx: &SinkContext<'_>) -> Result<bool, io::Error> {
-        let line = ctx.line_number().unwrap_or(0);
-        self.see(line, ctx.bytes());
-        Ok(self.go_on(line))
+        Ok(self.on_context(ctx.line_number().unwrap_or(0), ctx.bytes()))
     }
 
     fn binary_data(&mut self, _: &Searcher, _: u64) -> Result<bool, io::Error> {
@@ -605,18 +627,18 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// The page being assembled.
-struct Page {
-    result: GrepResult,
+pub(super) struct Page {
+    pub(super) result: GrepResult,
     /// Match numbers `offset..end` make the page.
-    offset: u64,
-    end: u64,
+    pub(super) offset: u64,
+    pub(super) end: u64,
     context: usize,
     budget: usize,
     used: usize,
 }
 
 impl Page {
-    fn new(path: &Path, opts: &GrepOptions, budget: usize) -> Page {
+    pub(super) fn new(path: &Path, opts: &GrepOptions, budget: usize) -> Page {
         let offset = opts.offset as u64;
         Page {
             result: GrepResult {
@@ -628,6 +650,7 @@ impl Page {
                 skipped: 0,
                 next_offset: None,
                 truncated: false,
+                note: None,
             },
             offset,
             end: offset.saturating_add(opts.limit.max(1) as u64),
@@ -641,7 +664,12 @@ impl Page {
     /// whole search, while they fit the budget. Returns true when the page
     /// is cut (by the budget, or because the file had more matches than it
     /// could store: `unstored` is the number of the first one left out).
-    fn add(&mut self, matches: Vec<GrepMatch>, first: u64, unstored: Option<u64>) -> bool {
+    pub(super) fn add(
+        &mut self,
+        matches: Vec<GrepMatch>,
+        first: u64,
+        unstored: Option<u64>,
+    ) -> bool {
         for (i, m) in matches.into_iter().enumerate() {
             let c = cost(&m);
             if !self.result.matches.is_empty() && self.used + c > self.budget {
@@ -662,7 +690,7 @@ impl Page {
         true
     }
 
-    fn finish(mut self) -> GrepResult {
+    pub(super) fn finish(mut self) -> GrepResult {
         if !self.result.truncated && self.end < self.result.total_matches {
             self.result.next_offset = usize::try_from(self.end).ok();
         }

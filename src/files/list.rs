@@ -28,7 +28,7 @@ use super::{FileError, Scope};
 pub const MAX_SCANNED: usize = 1_000_000;
 
 /// Approximate serialized size of an entry besides its path, for the budget.
-const ENTRY_OVERHEAD: usize = 40;
+pub(super) const ENTRY_OVERHEAD: usize = 40;
 
 #[derive(Debug, Clone)]
 pub struct ListOptions {
@@ -157,16 +157,23 @@ fn check_dir(scope: &Scope, dir: &Path) -> Result<(), FileError> {
         .map_err(|e| FileError::io(dir, e))?;
     if meta.is_dir() {
         Ok(())
-    } else if meta.is_file() {
-        Err(FileError::Invalid(format!(
+    } else {
+        Err(not_a_dir(dir, meta.is_file()))
+    }
+}
+
+/// What to do instead of listing something that is not a directory.
+pub(super) fn not_a_dir(dir: &Path, is_file: bool) -> FileError {
+    if is_file {
+        FileError::Invalid(format!(
             "{} is a file, not a directory; use action=stat or action=read",
             dir.display()
-        )))
+        ))
     } else {
-        Err(FileError::Invalid(format!(
+        FileError::Invalid(format!(
             "{} is not a directory; use action=stat",
             dir.display()
-        )))
+        ))
     }
 }
 
@@ -213,7 +220,7 @@ pub(super) fn overrides(dir: &Path, globs: &[String]) -> Result<Override, FileEr
 }
 
 /// With an including glob, only directories that match it are listed.
-fn lists_dirs(globs: &Override, path: &Path) -> bool {
+pub(super) fn lists_dirs(globs: &Override, path: &Path) -> bool {
     globs.num_whitelists() == 0 || globs.matched(path, true).is_whitelist()
 }
 

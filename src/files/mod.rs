@@ -6,12 +6,15 @@
 //!
 //! Nothing here spawns a process or a shell: searching uses ripgrep's
 //! libraries, and agent text is only ever data (a path, a pattern), never an
-//! option or a command. Remote hosts will plug in behind the same calls.
+//! option or a command. SSH hosts have their own engine in `remote/` (SFTP,
+//! and a search program run as an argv), which answers with the same types
+//! built by the same rules.
 
 pub mod grep;
 pub mod list;
 pub mod ops;
 pub mod read;
+pub mod remote;
 mod scope;
 pub mod write;
 

@@ -15,7 +15,7 @@ use super::write::{sha256_fd, temp_file};
 use super::{FileError, Scope, kind_of};
 
 /// How deep `delete` and `copy` go into a tree.
-const MAX_DEPTH: usize = 128;
+pub(super) const MAX_DEPTH: usize = 128;
 
 /// What `stat` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -36,7 +36,9 @@ pub struct StatResult {
     /// Unix seconds.
     pub mtime: i64,
     pub atime: i64,
-    pub ctime: i64,
+    /// Absent on SSH hosts (SFTP does not report it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctime: Option<i64>,
     /// Where a symlink points (it is not followed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
@@ -59,12 +61,7 @@ pub fn stat(scope: &Scope, path: &Path, sha256: bool) -> Result<StatResult, File
             let f = scope.open(path, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
             Some(sha256_fd(&f).map_err(|e| FileError::io(path, e))?)
         }
-        (true, other) => {
-            return Err(FileError::Invalid(format!(
-                "{} is a {other}; sha256 is for regular files",
-                path.display()
-            )));
-        }
+        (true, other) => return Err(no_sha256(path, other)),
         _ => None,
     };
     Ok(StatResult {
@@ -78,7 +75,7 @@ pub fn stat(scope: &Scope, path: &Path, sha256: bool) -> Result<StatResult, File
         group: name_of("/etc/group", st.st_gid),
         mtime: st.st_mtime,
         atime: st.st_atime,
-        ctime: st.st_ctime,
+        ctime: Some(st.st_ctime),
         link_target,
         sha256,
     })
@@ -116,10 +113,7 @@ pub fn delete(scope: &Scope, path: &Path, recursive: bool) -> Result<Changed, Fi
         .map_err(|e| FileError::io(path, e))?;
     let entries = if kind_of(st.st_mode) == "dir" {
         if !recursive {
-            return Err(FileError::Invalid(format!(
-                "{} is a directory; pass recursive=true to delete it and everything in it",
-                path.display()
-            )));
+            return Err(needs_recursive(path, "delete"));
         }
         remove_tree(&dir, &name, path, 0)?
     } else {
@@ -142,10 +136,7 @@ fn remove_tree(
     depth: usize,
 ) -> Result<u64, FileError> {
     if depth > MAX_DEPTH {
-        return Err(FileError::Invalid(format!(
-            "{} is nested deeper than {MAX_DEPTH} levels; delete it with bash",
-            path.display()
-        )));
+        return Err(too_deep(path, "delete"));
     }
     let fd = rustix::fs::openat(
         parent,
@@ -247,18 +238,10 @@ pub fn copy(
         return Err(exists(to));
     }
     let (entries, bytes) = match kind_of(st.st_mode) {
-        "dir" if !recursive => {
-            return Err(FileError::Invalid(format!(
-                "{} is a directory; pass recursive=true to copy it and everything in it",
-                from.display()
-            )));
-        }
+        "dir" if !recursive => return Err(needs_recursive(from, "copy")),
         "dir" => {
             if replaced {
-                return Err(FileError::Invalid(format!(
-                    "{} exists; copying a directory never merges into or replaces one — delete it first or pick another target",
-                    to.display()
-                )));
+                return Err(no_merge(to));
             }
             let src = scope.open(
                 from,
@@ -296,12 +279,7 @@ pub fn copy(
                 .map_err(|e| FileError::io(to, e))?;
             (1, 0)
         }
-        other => {
-            return Err(FileError::Invalid(format!(
-                "{} is a {other}; only files, directories and symlinks are copied",
-                from.display()
-            )));
-        }
+        other => return Err(not_copied(from, other)),
     };
     Ok(Changed {
         path: from.display().to_string(),
@@ -355,10 +333,7 @@ fn copy_tree(
     depth: usize,
 ) -> Result<(u64, u64), FileError> {
     if depth > MAX_DEPTH {
-        return Err(FileError::Invalid(format!(
-            "{} is nested deeper than {MAX_DEPTH} levels; copy it with bash",
-            from.display()
-        )));
+        return Err(too_deep(from, "copy"));
     }
     rustix::fs::mkdirat(dst_parent, dst_name, Mode::from_raw_mode(0o700))
         .map_err(|e| FileError::io(to, e))?;
@@ -413,7 +388,45 @@ fn copy_tree(
     Ok((entries, bytes))
 }
 
-fn exists(to: &Path) -> FileError {
+/// `sha256` is only for regular files.
+pub(super) fn no_sha256(path: &Path, kind: &str) -> FileError {
+    FileError::Invalid(format!(
+        "{} is a {kind}; sha256 is for regular files",
+        path.display()
+    ))
+}
+
+/// A directory is deleted or copied only with `recursive`.
+pub(super) fn needs_recursive(path: &Path, verb: &str) -> FileError {
+    FileError::Invalid(format!(
+        "{} is a directory; pass recursive=true to {verb} it and everything in it",
+        path.display()
+    ))
+}
+
+/// A directory copy never lands on an existing target.
+pub(super) fn no_merge(to: &Path) -> FileError {
+    FileError::Invalid(format!(
+        "{} exists; copying a directory never merges into or replaces one — delete it first or pick another target",
+        to.display()
+    ))
+}
+
+pub(super) fn not_copied(from: &Path, kind: &str) -> FileError {
+    FileError::Invalid(format!(
+        "{} is a {kind}; only files, directories and symlinks are copied",
+        from.display()
+    ))
+}
+
+pub(super) fn too_deep(path: &Path, verb: &str) -> FileError {
+    FileError::Invalid(format!(
+        "{} is nested deeper than {MAX_DEPTH} levels; {verb} it with bash",
+        path.display()
+    ))
+}
+
+pub(super) fn exists(to: &Path) -> FileError {
     FileError::Invalid(format!(
         "{} already exists; pass overwrite=true to replace it, or choose another target",
         to.display()

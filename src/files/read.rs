@@ -19,15 +19,15 @@ use serde::Serialize;
 use super::{FileError, Scope, kind_of};
 
 /// Lines between index checkpoints.
-const STEP: u64 = 4096;
+pub(super) const STEP: u64 = 4096;
 /// Files whose index is kept.
 const CACHED_FILES: usize = 32;
 /// How long one call may spend indexing; a later call continues from there.
-const INDEX_TIME: Duration = Duration::from_millis(1500);
+pub(super) const INDEX_TIME: Duration = Duration::from_millis(1500);
 /// A NUL in this many leading bytes makes a file binary.
-const SNIFF: usize = 8192;
+pub(super) const SNIFF: usize = 8192;
 /// Bytes read at a time.
-const CHUNK: usize = 256 * 1024;
+pub(super) const CHUNK: usize = 256 * 1024;
 
 /// What to read.
 #[derive(Debug, Clone)]
@@ -71,6 +71,44 @@ pub struct ReadResult {
     pub next_byte_offset: Option<u64>,
 }
 
+impl ReadResult {
+    /// A text result for `path` that shows nothing yet.
+    pub(super) fn empty(path: &Path, size: u64) -> ReadResult {
+        ReadResult {
+            path: path.display().to_string(),
+            size,
+            encoding: "text",
+            content: String::new(),
+            start_line: None,
+            end_line: None,
+            total_lines: None,
+            next_offset: None,
+            cut_line: None,
+            byte_offset: None,
+            next_byte_offset: None,
+        }
+    }
+
+    /// Show `bytes`, read from `offset`, as base64.
+    pub(super) fn set_bytes(&mut self, offset: u64, bytes: &[u8]) {
+        self.encoding = "base64";
+        self.content = base64::engine::general_purpose::STANDARD.encode(bytes);
+        self.byte_offset = Some(offset);
+        let end = offset + bytes.len() as u64;
+        self.next_byte_offset = (end < self.size).then_some(end);
+    }
+}
+
+/// How many bytes from `offset` a base64 page shows: `length` if given, at
+/// most what fits `budget` once encoded, never past the end.
+pub(super) fn bytes_wanted(budget: usize, offset: u64, length: Option<u64>, size: u64) -> u64 {
+    let max = (budget / 4 * 3).max(3) as u64;
+    length
+        .unwrap_or(max)
+        .min(max)
+        .min(size.saturating_sub(offset))
+}
+
 /// Where a line that was cut lives, so its bytes can be fetched.
 #[derive(Debug, Clone, Serialize)]
 pub struct CutLine {
@@ -86,18 +124,18 @@ pub struct LineIndexes {
 }
 
 #[derive(Clone)]
-struct Index {
+pub(super) struct Index {
     size: u64,
     mtime_ns: i128,
     /// `starts[k]` is the byte offset of line `1 + k * STEP`.
-    starts: Vec<u64>,
+    pub(super) starts: Vec<u64>,
     /// Lines in the file, once the scan reached its end.
-    total: Option<u64>,
+    pub(super) total: Option<u64>,
     used: Instant,
 }
 
 impl LineIndexes {
-    fn get(&self, key: (u64, u64), size: u64, mtime_ns: i128) -> Index {
+    pub(super) fn get(&self, key: (u64, u64), size: u64, mtime_ns: i128) -> Index {
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         match files.get(&key) {
             Some(ix) if ix.size == size && ix.mtime_ns == mtime_ns => ix.clone(),
@@ -111,7 +149,7 @@ impl LineIndexes {
         }
     }
 
-    fn put(&self, key: (u64, u64), mut ix: Index) {
+    pub(super) fn put(&self, key: (u64, u64), mut ix: Index) {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         ix.used = Instant::now();
         files.insert(key, ix);
@@ -135,54 +173,17 @@ pub fn read(
     // Non-blocking, so a FIFO without a writer cannot hang the open.
     let fd = scope.open(path, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
     let st = rustix::fs::fstat(&fd).map_err(|e| FileError::io(path, e))?;
-    let kind = kind_of(st.st_mode);
-    match kind {
-        "file" => {}
-        "dir" => {
-            return Err(FileError::Invalid(format!(
-                "{} is a directory; list it with file action=list",
-                path.display()
-            )));
-        }
-        other => {
-            return Err(FileError::Invalid(format!(
-                "{} is a {other}, not a regular file: reading it may never end or may block, so \
-                 file action=read refuses it; sample it with bash (e.g. head -c 4096 FILE | od -c) if you must",
-                path.display()
-            )));
-        }
-    }
+    check_readable(path, kind_of(st.st_mode))?;
     let file = File::from(fd);
     let size = st.st_size as u64;
-    let mut result = ReadResult {
-        path: path.display().to_string(),
-        size,
-        encoding: "text",
-        content: String::new(),
-        start_line: None,
-        end_line: None,
-        total_lines: None,
-        next_offset: None,
-        cut_line: None,
-        byte_offset: None,
-        next_byte_offset: None,
-    };
+    let mut result = ReadResult::empty(path, size);
     match *range {
         ReadRange::Bytes { offset, length } => {
-            let max = (budget / 4 * 3).max(3) as u64;
-            let want = length
-                .unwrap_or(max)
-                .min(max)
-                .min(size.saturating_sub(offset));
-            let mut buf = vec![0u8; want as usize];
+            let mut buf = vec![0u8; bytes_wanted(budget, offset, length, size) as usize];
             let got = crate::fsutil::read_full_at(&file, &mut buf, offset)
                 .map_err(|e| FileError::io(path, e))?;
             buf.truncate(got);
-            result.encoding = "base64";
-            result.content = base64::engine::general_purpose::STANDARD.encode(&buf);
-            result.byte_offset = Some(offset);
-            let end = offset + got as u64;
-            result.next_byte_offset = (end < size).then_some(end);
+            result.set_bytes(offset, &buf);
             Ok(result)
         }
         ReadRange::Lines { offset, limit } => {
@@ -200,11 +201,7 @@ pub fn read(
             indexes.put(key, ix.clone());
             let (line, at) = found.map_err(|e| match e {
                 Seek::Io(e) => FileError::io(path, e),
-                Seek::Slow { line, byte } => FileError::Invalid(format!(
-                    "{} is large: indexed up to line {line} (byte {byte} of {size}) so far; \
-                     call again to continue, or read bytes with encoding=base64 byte_offset",
-                    path.display()
-                )),
+                Seek::Slow { line, byte } => slow(path, line, byte, size),
             })?;
             if line < first {
                 // The file has fewer lines than asked for.
@@ -222,6 +219,32 @@ pub fn read(
             Ok(result)
         }
     }
+}
+
+/// Only regular files are read: a directory is listed, and devices and
+/// FIFOs may never end or may block.
+pub(super) fn check_readable(path: &Path, kind: &str) -> Result<(), FileError> {
+    match kind {
+        "file" => Ok(()),
+        "dir" => Err(FileError::Invalid(format!(
+            "{} is a directory; list it with file action=list",
+            path.display()
+        ))),
+        other => Err(FileError::Invalid(format!(
+            "{} is a {other}, not a regular file: reading it may never end or may block, so \
+             file action=read refuses it; sample it with bash (e.g. head -c 4096 FILE | od -c) if you must",
+            path.display()
+        ))),
+    }
+}
+
+/// Indexing stopped for this call at `line` (byte `byte` of `size`).
+pub(super) fn slow(path: &Path, line: u64, byte: u64, size: u64) -> FileError {
+    FileError::Invalid(format!(
+        "{} is large: indexed up to line {line} (byte {byte} of {size}) so far; \
+         call again to continue, or read bytes with encoding=base64 byte_offset",
+        path.display()
+    ))
 }
 
 enum Seek {
@@ -307,6 +330,8 @@ fn page(
         if memchr::memchr(0, text).is_some() {
             return Err(binary(path, size));
         }
+        // The bytes of the line, not of its lossy text (which may be longer).
+        let raw_len = text.len() as u64;
         let text = String::from_utf8_lossy(text);
         let numbered = format!("{line:>6}\t{text}\n");
         if !complete || out.len() + numbered.len() > budget {
@@ -334,7 +359,7 @@ fn page(
         }
         out.push_str(&numbered);
         result.end_line = Some(line);
-        at += text.len() as u64 + 1;
+        at += raw_len + 1;
         line += 1;
     }
     result.content = out;
@@ -362,7 +387,7 @@ fn last_byte(file: &File, end: u64) -> std::io::Result<u8> {
     Ok(b[0])
 }
 
-fn floor_char_boundary(s: &str, max: usize) -> usize {
+pub(super) fn floor_char_boundary(s: &str, max: usize) -> usize {
     let mut i = max.min(s.len());
     while !s.is_char_boundary(i) {
         i -= 1;
@@ -370,7 +395,7 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
     i
 }
 
-fn binary(path: &Path, size: u64) -> FileError {
+pub(super) fn binary(path: &Path, size: u64) -> FileError {
     FileError::Invalid(format!(
         "{} looks binary (it contains NUL bytes; {size} bytes in all); read it with \
          encoding=base64 and byte_offset/byte_length, or stat it",
@@ -533,6 +558,18 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(2));
             assert!(matches!(err, FileError::Invalid(_)), "{p}: {err}");
         }
+    }
+
+    #[test]
+    fn invalid_utf8_does_not_shift_the_lines_after_it() {
+        let (_t, scope, p) = setup(b"\xff\xfe bad\nnext\nlast\n");
+        let ix = LineIndexes::default();
+        let r = read(&scope, &ix, &p, &at(1, 10), 4096).unwrap();
+        assert_eq!(lines(&r), ["\u{fffd}\u{fffd} bad", "next", "last"]);
+        let r = read(&scope, &ix, &p, &at(1, 1), 4096).unwrap();
+        assert_eq!(r.next_offset, Some(2));
+        let r = read(&scope, &ix, &p, &at(2, 1), 4096).unwrap();
+        assert_eq!(lines(&r), ["next"]);
     }
 
     #[test]

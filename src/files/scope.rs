@@ -68,24 +68,7 @@ impl Scope {
     /// The absolute form of an agent's path: relative paths start at home;
     /// `.` components are dropped. `..` is kept (the kernel resolves it).
     pub fn absolute(&self, path: &str) -> Result<PathBuf, FileError> {
-        if path.is_empty() {
-            return Err(FileError::Invalid(
-                "path is empty; pass an absolute path".into(),
-            ));
-        }
-        if path.contains('\0') {
-            return Err(FileError::Invalid("path contains a NUL byte".into()));
-        }
-        let p = Path::new(path);
-        let joined = if p.is_absolute() {
-            p.to_owned()
-        } else {
-            self.home.join(p)
-        };
-        Ok(joined
-            .components()
-            .filter(|c| !matches!(c, Component::CurDir))
-            .collect())
+        absolute(&self.home, path)
     }
 
     /// Open `path` (absolute) with `flags`, confined when roots are set.
@@ -184,9 +167,32 @@ impl Scope {
     }
 }
 
+/// The absolute form of an agent's `path`: relative paths start at `home`;
+/// `.` components are dropped, `..` is kept. Remote hosts share it.
+pub(crate) fn absolute(home: &Path, path: &str) -> Result<PathBuf, FileError> {
+    if path.is_empty() {
+        return Err(FileError::Invalid(
+            "path is empty; pass an absolute path".into(),
+        ));
+    }
+    if path.contains('\0') {
+        return Err(FileError::Invalid("path contains a NUL byte".into()));
+    }
+    let p = Path::new(path);
+    let joined = if p.is_absolute() {
+        p.to_owned()
+    } else {
+        home.join(p)
+    };
+    Ok(joined
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect())
+}
+
 /// Split an absolute path into its parent and a final name that is a plain
 /// component (not `/`, `.` or `..`).
-fn split(path: &Path) -> Result<(&Path, OsString), FileError> {
+pub(crate) fn split(path: &Path) -> Result<(&Path, OsString), FileError> {
     match (path.parent(), path.components().next_back()) {
         (Some(parent), Some(Component::Normal(name))) => Ok((parent, name.to_owned())),
         _ => Err(FileError::Invalid(format!(

@@ -120,26 +120,64 @@ pub fn edit(
     edits: &[Edit],
     if_hash: Option<&str>,
 ) -> Result<Written, FileError> {
+    check_edits(edits)?;
+    let (dir, name) = scope.open_parent(path)?;
+    let Some((fd, st)) = existing(&dir, &name, path)? else {
+        return Err(FileError::NotFound(path.to_owned()));
+    };
+    check_edit_size(path, st.st_size as u64)?;
+    let mut raw = Vec::new();
+    File::from(fd)
+        .read_to_end(&mut raw)
+        .map_err(|e| FileError::io(path, e))?;
+    let (text, replaced) = apply_edits(raw, edits, if_hash, path)?;
+    replace(
+        &dir,
+        &name,
+        path,
+        text.as_bytes(),
+        Some((st.st_mode & 0o7777, st.st_uid, st.st_gid)),
+    )?;
+    Ok(Written {
+        path: path.display().to_string(),
+        bytes: text.len() as u64,
+        sha256: Some(crate::crypto::sha256_hex(text.as_bytes())),
+        created: false,
+        replacements: Some(replaced),
+    })
+}
+
+/// `edit` needs at least one edit.
+pub(super) fn check_edits(edits: &[Edit]) -> Result<(), FileError> {
     if edits.is_empty() {
         return Err(FileError::Invalid(
             "edits is empty; pass at least one {old, new}".into(),
         ));
     }
-    let (dir, name) = scope.open_parent(path)?;
-    let Some((fd, st)) = existing(&dir, &name, path)? else {
-        return Err(FileError::NotFound(path.to_owned()));
-    };
-    if st.st_size as u64 > EDIT_MAX {
+    Ok(())
+}
+
+/// `edit` loads the whole file, so only up to [`EDIT_MAX`] bytes.
+pub(super) fn check_edit_size(path: &Path, size: u64) -> Result<(), FileError> {
+    if size > EDIT_MAX {
         return Err(FileError::Invalid(format!(
-            "{} is {} bytes; edit loads at most {EDIT_MAX}; use bash (sed, a script) for files this large",
+            "{} is {size} bytes; edit loads at most {EDIT_MAX}; use bash (sed, a script) for files this large",
             path.display(),
-            st.st_size
         )));
     }
-    let mut raw = Vec::new();
-    File::from(fd)
-        .read_to_end(&mut raw)
-        .map_err(|e| FileError::io(path, e))?;
+    Ok(())
+}
+
+/// Apply `edits` in order to `raw`, the current content of `path` (which
+/// must have sha256 `if_hash` when given, and be UTF-8): the new text and the
+/// number of replacements, or why nothing may change. Pure, so remote hosts
+/// share it.
+pub(super) fn apply_edits(
+    raw: Vec<u8>,
+    edits: &[Edit],
+    if_hash: Option<&str>,
+    path: &Path,
+) -> Result<(String, usize), FileError> {
     if let Some(want) = if_hash {
         let have = crate::crypto::sha256_hex(&raw);
         if !have.eq_ignore_ascii_case(want) {
@@ -186,20 +224,7 @@ pub fn edit(
         text = text.replace(e.old.as_str(), &e.new);
         replaced += found;
     }
-    replace(
-        &dir,
-        &name,
-        path,
-        text.as_bytes(),
-        Some((st.st_mode & 0o7777, st.st_uid, st.st_gid)),
-    )?;
-    Ok(Written {
-        path: path.display().to_string(),
-        bytes: text.len() as u64,
-        sha256: Some(crate::crypto::sha256_hex(text.as_bytes())),
-        created: false,
-        replacements: Some(replaced),
-    })
+    Ok((text, replaced))
 }
 
 /// The current file at `dir/name`, opened for reading, with its stat; `None`
@@ -220,10 +245,7 @@ fn existing(
             let st = rustix::fs::fstat(&fd).map_err(|e| FileError::io(path, e))?;
             match kind_of(st.st_mode) {
                 "file" => Ok(Some((fd, st))),
-                kind => Err(FileError::Invalid(format!(
-                    "{} is a {kind}; only regular files are written",
-                    path.display()
-                ))),
+                kind => Err(not_writable(path, kind)),
             }
         }
         Err(rustix::io::Errno::NOENT) => Ok(None),
@@ -231,13 +253,26 @@ fn existing(
             let target = rustix::fs::readlinkat(dir, name, Vec::new())
                 .map(|t| t.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Err(FileError::Invalid(format!(
-                "{} is a symlink (to {target}); write to the file it points to instead",
-                path.display()
-            )))
+            Err(symlink_not_written(path, &target))
         }
         Err(e) => Err(FileError::io(path, e)),
     }
+}
+
+/// Only regular files are written.
+pub(super) fn not_writable(path: &Path, kind: &str) -> FileError {
+    FileError::Invalid(format!(
+        "{} is a {kind}; only regular files are written",
+        path.display()
+    ))
+}
+
+/// A symlink is never written through.
+pub(super) fn symlink_not_written(path: &Path, target: &str) -> FileError {
+    FileError::Invalid(format!(
+        "{} is a symlink (to {target}); write to the file it points to instead",
+        path.display()
+    ))
 }
 
 /// Write `content` to a temp file in `dir`, fsync it, give it `meta` (mode,
@@ -282,11 +317,7 @@ pub(super) fn temp_file(
     path: &Path,
 ) -> Result<(std::ffi::OsString, OwnedFd), FileError> {
     for _ in 0..8 {
-        let mut rnd = [0u8; 6];
-        crate::crypto::random_bytes(&mut rnd);
-        let mut tmp = std::ffi::OsString::from(".");
-        tmp.push(name);
-        tmp.push(format!(".mcpsh-{}.tmp", crate::crypto::hex(&rnd)));
+        let tmp = temp_name(name);
         match rustix::fs::openat(
             dir,
             &tmp,
@@ -307,6 +338,16 @@ pub(super) fn temp_file(
         "cannot create a temporary file next to {}",
         path.display()
     )))
+}
+
+/// A random hidden name next to `name`: `.NAME.mcpsh-RANDOM.tmp`.
+pub(super) fn temp_name(name: &OsStr) -> std::ffi::OsString {
+    let mut rnd = [0u8; 6];
+    crate::crypto::random_bytes(&mut rnd);
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".mcpsh-{}.tmp", crate::crypto::hex(&rnd)));
+    tmp
 }
 
 /// The process umask (read from /proc, which does not change it).
@@ -330,7 +371,7 @@ fn check_hash(fd: &OwnedFd, want: &str, path: &Path) -> Result<(), FileError> {
     }
 }
 
-fn hash_mismatch(path: &Path, want: &str, have: &str) -> FileError {
+pub(super) fn hash_mismatch(path: &Path, want: &str, have: &str) -> FileError {
     FileError::Invalid(format!(
         "{} changed: its sha256 is {have}, not {want} (if_hash); nothing was written. Read it again \
          and redo the change on the current content",

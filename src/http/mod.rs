@@ -116,15 +116,33 @@ impl Guard {
     }
 }
 
-async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+/// What every request passes: the Host/Origin guard, and with auth the
+/// bearer check on `/mcp`. One middleware rather than two layers: each
+/// layer costs a clone of the service below it per request.
+#[derive(Clone)]
+struct Gate {
+    guard: Guard,
+    auth: Option<crate::auth::Auth>,
+}
+
+async fn guard(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
     let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
-    match g.check(req.headers()) {
-        Ok(()) => next.run(req).instrument(span).await,
-        Err(why) => {
-            tracing::warn!(why, "refused request");
-            (StatusCode::FORBIDDEN, why).into_response()
+    if let Err(why) = gate.guard.check(req.headers()) {
+        let _enter = span.enter();
+        tracing::warn!(why, "refused request");
+        return (StatusCode::FORBIDDEN, why).into_response();
+    }
+    if let Some(auth) = &gate.auth
+        && req.uri().path() == "/mcp"
+    {
+        match oauth::check_bearer(auth, &req) {
+            Ok(principal) => {
+                req.extensions_mut().insert(principal);
+            }
+            Err(refused) => return refused,
         }
     }
+    next.run(req).instrument(span).await
 }
 
 /// Build the router: `/mcp` goes to `mcp`, everything behind the guard.
@@ -144,17 +162,15 @@ where
     B::Error: Into<axum::BoxError>,
 {
     let mcp_route = Router::new().route_service("/mcp", mcp);
-    let app = match auth {
-        Some(auth) => mcp_route
-            .layer(middleware::from_fn_with_state(
-                auth.clone(),
-                oauth::require_bearer,
-            ))
-            .merge(oauth::routes(auth)),
+    let app = match &auth {
+        Some(auth) => mcp_route.merge(oauth::routes(auth.clone())),
         None => mcp_route,
     };
     app.fallback(|| async { (StatusCode::NOT_FOUND, "not found; the MCP endpoint is /mcp") })
-        .layer(middleware::from_fn_with_state(g, guard))
+        .layer(middleware::from_fn_with_state(
+            Gate { guard: g, auth },
+            guard,
+        ))
 }
 
 /// Serve `router` on `listener` until `shutdown` fires.

@@ -9,7 +9,6 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
@@ -43,41 +42,36 @@ pub(super) fn routes(auth: Auth) -> Router {
 }
 
 /// Middleware for `/mcp`: a valid bearer or 401 with the metadata pointer.
-pub(super) async fn require_bearer(
-    State(auth): State<Auth>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// The caller of `/mcp` by its bearer token, or the 401/503 to answer.
+pub(super) fn check_bearer(auth: &Auth, req: &Request) -> Result<crate::auth::Principal, Response> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| rest.trim().to_owned())
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
     let Some(bearer) = presented.filter(|b| !b.is_empty()) else {
-        return unauthorized(&auth, None);
+        return Err(unauthorized(auth, None));
     };
-    match auth.verify_bearer(&bearer, Some(peer.ip())) {
-        Ok(principal) => {
-            req.extensions_mut().insert(principal);
-            next.run(req).await
-        }
-        Err(crate::auth::BearerError::Invalid) => unauthorized(
-            &auth,
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    match auth.verify_bearer(bearer, peer) {
+        Ok(principal) => Ok(principal),
+        Err(crate::auth::BearerError::Invalid) => Err(unauthorized(
+            auth,
             Some("the access token is unknown, revoked or expired"),
-        ),
+        )),
         Err(e) => {
             tracing::error!(error = %e, "cannot check a bearer token");
-            (
+            Err((
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cannot check the token right now; retry",
             )
-                .into_response()
+                .into_response())
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The file tools, split by what they can do so annotations (and later,
 //! scopes) can tell them apart: `file` only reads (`read`, `list`, `grep`,
 //! `stat`; read-only), `file_write` changes things (`write`, `append`, `edit`,
-//! `delete`, `move`, `copy`; destructive). The work runs on a blocking thread
-//! in `files/`; this file parses, budgets and renders.
+//! `delete`, `move`, `copy`; destructive). The work runs in `files/`: on a
+//! blocking thread for this machine, over SFTP (`files::remote`) for an SSH
+//! host; this file parses, budgets and renders, the same for both.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::files::grep::{Case, GrepOptions};
 
 use crate::files::list::ListOptions;
 use crate::files::read::ReadRange;
+use crate::files::remote::{RemoteFiles, RemoteHosts, session_gone};
 use crate::files::{FileError, Files, grep, list, ops, read, write};
 use crate::host::Host;
 
@@ -212,153 +214,377 @@ pub(crate) fn write_tool() -> Tool {
     )
 }
 
+/// What a `file` call does, checked, before it meets a host.
+enum ReadOp {
+    Read(ReadRange),
+    List(ListOptions),
+    Grep(GrepOptions),
+    Stat(bool),
+}
+
+fn read_op(p: FileParams) -> Result<ReadOp, FileError> {
+    Ok(match p.action {
+        ReadAction::Read => ReadOp::Read(match p.encoding {
+            Some(Encoding::Base64) => ReadRange::Bytes {
+                offset: p.byte_offset.unwrap_or(0),
+                length: p.byte_length,
+            },
+            _ => ReadRange::Lines {
+                offset: p.offset.unwrap_or(1),
+                limit: p.limit.unwrap_or(2000),
+            },
+        }),
+        ReadAction::List => ReadOp::List(ListOptions {
+            depth: p.depth.unwrap_or(1),
+            glob: p.glob,
+            hidden: p.hidden.unwrap_or(false),
+            gitignore: p.gitignore.unwrap_or(false),
+            offset: p.offset.unwrap_or(0) as usize,
+            limit: p.limit.unwrap_or(500).clamp(1, 10_000) as usize,
+        }),
+        ReadAction::Grep => {
+            let Some(pattern) = p.pattern.filter(|s| !s.is_empty()) else {
+                return Err(FileError::Invalid("grep needs a pattern".into()));
+            };
+            let defaults = GrepOptions::new(pattern);
+            ReadOp::Grep(GrepOptions {
+                fixed: p.fixed.unwrap_or(defaults.fixed),
+                case: match p.case {
+                    None => defaults.case,
+                    Some(CaseParam::Smart) => Case::Smart,
+                    Some(CaseParam::Sensitive) => Case::Sensitive,
+                    Some(CaseParam::Insensitive) => Case::Insensitive,
+                },
+                word: p.word.unwrap_or(defaults.word),
+                globs: p.globs.unwrap_or_default(),
+                hidden: p.hidden.unwrap_or(defaults.hidden),
+                gitignore: p.gitignore.unwrap_or(defaults.gitignore),
+                context: p.context.unwrap_or(0).min(10),
+                offset: p.offset.unwrap_or(0) as usize,
+                limit: p
+                    .limit
+                    .map_or(defaults.limit, |l| l.clamp(1, 10_000) as usize),
+                ..defaults
+            })
+        }
+        ReadAction::Stat => ReadOp::Stat(p.sha256.unwrap_or(false)),
+    })
+}
+
+type Rendered = (String, serde_json::Value);
+
+fn rendered_read(r: &read::ReadResult) -> Rendered {
+    (render_read(r), json(r))
+}
+fn rendered_list(l: &list::Listing) -> Rendered {
+    (render_list(l), json(l))
+}
+fn rendered_grep(g: &grep::GrepResult) -> Rendered {
+    (render_grep(g), json(g))
+}
+fn rendered_stat(s: &ops::StatResult) -> Rendered {
+    (render_json(s), json(s))
+}
+
+/// The file engines a call may reach: this machine's, and SSH hosts'.
+pub(crate) struct FileHosts<'a> {
+    pub(crate) local: &'a Arc<Files>,
+    pub(crate) ssh: Option<&'a crate::ssh::Pool>,
+    pub(crate) remote: Option<&'a RemoteHosts>,
+}
+
+impl FileHosts<'_> {
+    /// The host a call names; `None` for this machine.
+    fn remote(&self, host: Option<&str>) -> Result<Option<(&RemoteHosts, String)>, String> {
+        match Host::resolve(host, self.ssh).map_err(|e| e.to_string())? {
+            Host::Local => Ok(None),
+            Host::Ssh(name) => match self.remote {
+                Some(r) => Ok(Some((r, name))),
+                None => Err(format!(
+                    "{name}: SSH hosts are not available in this server"
+                )),
+            },
+        }
+    }
+}
+
 pub(crate) async fn call_read(
-    files: &Arc<Files>,
+    hosts: FileHosts<'_>,
     cfg: &JobsConfig,
     p: FileParams,
 ) -> CallToolResult {
-    if let Err(e) = Host::resolve(p.host.as_deref(), None) {
-        return tool_error(e.to_string());
-    }
+    let remote = match hosts.remote(p.host.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return tool_error(e),
+    };
     let budget = p
         .max_bytes
         .unwrap_or(cfg.default_max_output)
         .clamp(1024, cfg.max_output_limit);
-    let files = files.clone();
+    let path = p.path.clone();
+    let op = match read_op(p) {
+        Ok(op) => op,
+        Err(e) => return tool_error(e.to_string()),
+    };
+    if let Some((engines, name)) = remote {
+        return answer(on_host(engines, &name, &path, Op::Read(&op, budget)).await);
+    }
+    let files = hosts.local.clone();
     run(move || {
-        let path = files.scope.absolute(&p.path)?;
-        Ok(match p.action {
-            ReadAction::Read => {
-                let range = match p.encoding {
-                    Some(Encoding::Base64) => ReadRange::Bytes {
-                        offset: p.byte_offset.unwrap_or(0),
-                        length: p.byte_length,
-                    },
-                    _ => ReadRange::Lines {
-                        offset: p.offset.unwrap_or(1),
-                        limit: p.limit.unwrap_or(2000),
-                    },
-                };
-                let r = read::read(&files.scope, &files.indexes, &path, &range, budget)?;
-                (render_read(&r), json(&r))
-            }
-            ReadAction::List => {
-                let opts = ListOptions {
-                    depth: p.depth.unwrap_or(1),
-                    glob: p.glob,
-                    hidden: p.hidden.unwrap_or(false),
-                    gitignore: p.gitignore.unwrap_or(false),
-                    offset: p.offset.unwrap_or(0) as usize,
-                    limit: p.limit.unwrap_or(500).clamp(1, 10_000) as usize,
-                };
-                let l = list::list(&files.scope, &path, &opts, budget)?;
-                (render_list(&l), json(&l))
-            }
-            ReadAction::Grep => {
-                let Some(pattern) = p.pattern.filter(|s| !s.is_empty()) else {
-                    return Err(FileError::Invalid("grep needs a pattern".into()));
-                };
-                let defaults = GrepOptions::new(pattern);
-                let opts = GrepOptions {
-                    fixed: p.fixed.unwrap_or(defaults.fixed),
-                    case: match p.case {
-                        None => defaults.case,
-                        Some(CaseParam::Smart) => Case::Smart,
-                        Some(CaseParam::Sensitive) => Case::Sensitive,
-                        Some(CaseParam::Insensitive) => Case::Insensitive,
-                    },
-                    word: p.word.unwrap_or(defaults.word),
-                    globs: p.globs.unwrap_or_default(),
-                    hidden: p.hidden.unwrap_or(defaults.hidden),
-                    gitignore: p.gitignore.unwrap_or(defaults.gitignore),
-                    context: p.context.unwrap_or(0).min(10),
-                    offset: p.offset.unwrap_or(0) as usize,
-                    limit: p
-                        .limit
-                        .map_or(defaults.limit, |l| l.clamp(1, 10_000) as usize),
-                    ..defaults
-                };
-                let g = grep::grep(&files.scope, &path, &opts, budget)?;
-                (render_grep(&g), json(&g))
-            }
-            ReadAction::Stat => {
-                let s = ops::stat(&files.scope, &path, p.sha256.unwrap_or(false))?;
-                (render_json(&s), json(&s))
-            }
+        let path = files.scope.absolute(&path)?;
+        Ok(match op {
+            ReadOp::Read(range) => rendered_read(&read::read(
+                &files.scope,
+                &files.indexes,
+                &path,
+                &range,
+                budget,
+            )?),
+            ReadOp::List(o) => rendered_list(&list::list(&files.scope, &path, &o, budget)?),
+            ReadOp::Grep(o) => rendered_grep(&grep::grep(&files.scope, &path, &o, budget)?),
+            ReadOp::Stat(sha) => rendered_stat(&ops::stat(&files.scope, &path, sha)?),
         })
     })
     .await
 }
 
-pub(crate) async fn call_write(files: &Arc<Files>, p: FileWriteParams) -> CallToolResult {
-    if let Err(e) = Host::resolve(p.host.as_deref(), None) {
-        return tool_error(e.to_string());
+/// What a `file_write` call does, checked, before it meets a host.
+enum WriteOp {
+    Write {
+        content: Vec<u8>,
+        if_hash: Option<String>,
+        parents: bool,
+    },
+    Append {
+        content: Vec<u8>,
+        parents: bool,
+    },
+    Edit {
+        edits: Vec<write::Edit>,
+        if_hash: Option<String>,
+    },
+    Delete {
+        recursive: bool,
+    },
+    Move {
+        to: String,
+        overwrite: bool,
+    },
+    Copy {
+        to: String,
+        overwrite: bool,
+        recursive: bool,
+    },
+}
+
+fn write_op(p: FileWriteParams) -> Result<WriteOp, FileError> {
+    let content = || -> Result<Vec<u8>, FileError> {
+        let c = p.content.clone().ok_or_else(|| {
+            FileError::Invalid("this action needs content (pass \"\" for an empty file)".into())
+        })?;
+        match p.encoding {
+            Some(Encoding::Base64) => base64::engine::general_purpose::STANDARD
+                .decode(c.as_bytes())
+                .map_err(|e| FileError::Invalid(format!("content is not valid base64: {e}"))),
+            _ => Ok(c.into_bytes()),
+        }
+    };
+    let to = || -> Result<String, FileError> {
+        p.to.clone()
+            .ok_or_else(|| FileError::Invalid("this action needs `to`, the target path".into()))
+    };
+    let parents = p.create_parents.unwrap_or(true);
+    let overwrite = p.overwrite.unwrap_or(false);
+    let recursive = p.recursive.unwrap_or(false);
+    Ok(match p.action {
+        WriteAction::Write => WriteOp::Write {
+            content: content()?,
+            if_hash: p.if_hash.clone(),
+            parents,
+        },
+        WriteAction::Append => WriteOp::Append {
+            content: content()?,
+            parents,
+        },
+        WriteAction::Edit => WriteOp::Edit {
+            edits: p
+                .edits
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| write::Edit {
+                    old: e.old,
+                    new: e.new,
+                    count: e.count,
+                })
+                .collect(),
+            if_hash: p.if_hash,
+        },
+        WriteAction::Delete => WriteOp::Delete { recursive },
+        WriteAction::Move => WriteOp::Move {
+            to: to()?,
+            overwrite,
+        },
+        WriteAction::Copy => WriteOp::Copy {
+            to: to()?,
+            overwrite,
+            recursive,
+        },
+    })
+}
+
+pub(crate) async fn call_write(hosts: FileHosts<'_>, p: FileWriteParams) -> CallToolResult {
+    let remote = match hosts.remote(p.host.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return tool_error(e),
+    };
+    let path = p.path.clone();
+    let op = match write_op(p) {
+        Ok(op) => op,
+        Err(e) => return tool_error(e.to_string()),
+    };
+    if let Some((engines, name)) = remote {
+        return answer(on_host(engines, &name, &path, Op::Write(&op)).await);
     }
-    let files = files.clone();
+    let files = hosts.local.clone();
     run(move || {
         let scope = &files.scope;
-        let path = scope.absolute(&p.path)?;
-        let content = || -> Result<Vec<u8>, FileError> {
-            let c = p.content.clone().ok_or_else(|| {
-                FileError::Invalid("this action needs content (pass \"\" for an empty file)".into())
-            })?;
-            match p.encoding {
-                Some(Encoding::Base64) => base64::engine::general_purpose::STANDARD
-                    .decode(c.as_bytes())
-                    .map_err(|e| FileError::Invalid(format!("content is not valid base64: {e}"))),
-                _ => Ok(c.into_bytes()),
-            }
-        };
-        let to = || -> Result<std::path::PathBuf, FileError> {
-            let t = p.to.as_deref().ok_or_else(|| {
-                FileError::Invalid("this action needs `to`, the target path".into())
-            })?;
-            scope.absolute(t)
-        };
-        let parents = p.create_parents.unwrap_or(true);
-        let overwrite = p.overwrite.unwrap_or(false);
-        let recursive = p.recursive.unwrap_or(false);
-        Ok(match p.action {
-            WriteAction::Write => summary(&write::write(
+        let path = scope.absolute(&path)?;
+        Ok(match op {
+            WriteOp::Write {
+                content,
+                if_hash,
+                parents,
+            } => summary(&write::write(
                 scope,
                 &path,
-                &content()?,
-                p.if_hash.as_deref(),
+                &content,
+                if_hash.as_deref(),
                 parents,
             )?),
-            WriteAction::Append => summary(&write::append(scope, &path, &content()?, parents)?),
-            WriteAction::Edit => {
-                let edits: Vec<write::Edit> = p
-                    .edits
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|e| write::Edit {
-                        old: e.old,
-                        new: e.new,
-                        count: e.count,
-                    })
-                    .collect();
-                summary(&write::edit(scope, &path, &edits, p.if_hash.as_deref())?)
+            WriteOp::Append { content, parents } => {
+                summary(&write::append(scope, &path, &content, parents)?)
             }
-            WriteAction::Delete => summary(&ops::delete(scope, &path, recursive)?),
-            WriteAction::Move => summary(&ops::rename(scope, &path, &to()?, overwrite)?),
-            WriteAction::Copy => summary(&ops::copy(scope, &path, &to()?, overwrite, recursive)?),
+            WriteOp::Edit { edits, if_hash } => {
+                summary(&write::edit(scope, &path, &edits, if_hash.as_deref())?)
+            }
+            WriteOp::Delete { recursive } => summary(&ops::delete(scope, &path, recursive)?),
+            WriteOp::Move { to, overwrite } => summary(&ops::rename(
+                scope,
+                &path,
+                &scope.absolute(&to)?,
+                overwrite,
+            )?),
+            WriteOp::Copy {
+                to,
+                overwrite,
+                recursive,
+            } => summary(&ops::copy(
+                scope,
+                &path,
+                &scope.absolute(&to)?,
+                overwrite,
+                recursive,
+            )?),
         })
     })
     .await
 }
 
-/// Run blocking file work off the runtime; failures become tool errors.
-async fn run(
-    f: impl FnOnce() -> Result<(String, serde_json::Value), FileError> + Send + 'static,
-) -> CallToolResult {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok((text, structured))) => {
+/// A file operation for an SSH host.
+#[derive(Clone, Copy)]
+enum Op<'a> {
+    Read(&'a ReadOp, usize),
+    Write(&'a WriteOp),
+}
+
+/// Runs `op` on `path` with the engine of SSH host `name`, once more on a
+/// new session when the first failed because the session or its connection
+/// was gone.
+async fn on_host(
+    engines: &RemoteHosts,
+    name: &str,
+    path: &str,
+    op: Op<'_>,
+) -> Result<Rendered, FileError> {
+    let run = async |rf: &RemoteFiles| match op {
+        Op::Read(r, budget) => read_remote(rf, path, r, budget).await,
+        Op::Write(w) => write_remote(rf, path, w).await,
+    };
+    let rf = engines.get(name).await?;
+    let first = run(&rf).await;
+    match first {
+        Err(e) if session_gone(&e) => {
+            engines.forget(name, &rf).await;
+            let rf = engines.get(name).await?;
+            run(&rf).await
+        }
+        other => other,
+    }
+}
+
+async fn read_remote(
+    rf: &RemoteFiles,
+    path: &str,
+    op: &ReadOp,
+    budget: usize,
+) -> Result<Rendered, FileError> {
+    let path = rf.absolute(path)?;
+    Ok(match op {
+        ReadOp::Read(range) => rendered_read(&rf.read(&path, range, budget).await?),
+        ReadOp::List(o) => rendered_list(&rf.list(&path, o, budget).await?),
+        ReadOp::Grep(o) => rendered_grep(&rf.grep(&path, o, budget).await?),
+        ReadOp::Stat(sha) => rendered_stat(&rf.stat(&path, *sha).await?),
+    })
+}
+
+async fn write_remote(rf: &RemoteFiles, path: &str, op: &WriteOp) -> Result<Rendered, FileError> {
+    let path = rf.absolute(path)?;
+    Ok(match op {
+        WriteOp::Write {
+            content,
+            if_hash,
+            parents,
+        } => summary(
+            &rf.write(&path, content, if_hash.as_deref(), *parents)
+                .await?,
+        ),
+        WriteOp::Append { content, parents } => {
+            summary(&rf.append(&path, content, *parents).await?)
+        }
+        WriteOp::Edit { edits, if_hash } => {
+            summary(&rf.edit(&path, edits, if_hash.as_deref()).await?)
+        }
+        WriteOp::Delete { recursive } => summary(&rf.delete(&path, *recursive).await?),
+        WriteOp::Move { to, overwrite } => {
+            summary(&rf.rename(&path, &rf.absolute(to)?, *overwrite).await?)
+        }
+        WriteOp::Copy {
+            to,
+            overwrite,
+            recursive,
+        } => summary(
+            &rf.copy(&path, &rf.absolute(to)?, *overwrite, *recursive)
+                .await?,
+        ),
+    })
+}
+
+/// A file result (or error) as a tool result.
+fn answer(result: Result<Rendered, FileError>) -> CallToolResult {
+    match result {
+        Ok((text, structured)) => {
             let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
             r.structured_content = Some(structured);
             r
         }
-        Ok(Err(e)) => tool_error(e.to_string()),
+        Err(e) => tool_error(e.to_string()),
+    }
+}
+
+/// Run blocking file work off the runtime; failures become tool errors.
+async fn run(f: impl FnOnce() -> Result<Rendered, FileError> + Send + 'static) -> CallToolResult {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => answer(result),
         Err(e) => tool_error(format!("the file operation failed unexpectedly: {e}")),
     }
 }
@@ -458,5 +684,8 @@ fn render_grep(g: &grep::GrepResult) -> String {
         let _ = write!(out, "; more: offset={n}");
     }
     out.push(']');
+    if let Some(note) = &g.note {
+        let _ = write!(out, "\n[{note}]");
+    }
     out
 }

@@ -39,6 +39,8 @@ Commands get stdin from /dev/null (no prompts), NO_COLOR=1 and PAGER=cat.";
 pub struct Services {
     pub jobs: Jobs,
     pub ssh: Option<crate::ssh::Pool>,
+    /// The file engines of SSH hosts (one SFTP session per host, shared).
+    pub remote_files: Option<crate::files::remote::RemoteHosts>,
     pub files: Arc<Files>,
     pub audit: Audit,
     pub default_principal: Option<Principal>,
@@ -49,6 +51,7 @@ pub struct Services {
 pub struct McpServer {
     jobs: Jobs,
     ssh: Option<crate::ssh::Pool>,
+    remote_files: Option<crate::files::remote::RemoteHosts>,
     files: Arc<Files>,
     audit: Audit,
     default_principal: Option<Principal>,
@@ -58,6 +61,7 @@ impl McpServer {
     pub fn new(s: Services) -> McpServer {
         McpServer {
             jobs: s.jobs,
+            remote_files: s.remote_files,
             ssh: s.ssh,
             files: s.files,
             audit: s.audit,
@@ -247,6 +251,14 @@ impl ServerHandler for McpServer {
 }
 
 impl McpServer {
+    fn file_hosts(&self) -> file::FileHosts<'_> {
+        file::FileHosts {
+            local: &self.files,
+            ssh: self.ssh.as_ref(),
+            remote: self.remote_files.as_ref(),
+        }
+    }
+
     /// Host selectors (globs, `tag:`) as the host names they select, so a
     /// host-limited token is checked against each host a fan-out reaches.
     /// A selector that selects nothing stays as written (and is refused by
@@ -301,8 +313,8 @@ impl McpServer {
         Ok(match tool {
             "bash" => bash::call(&self.jobs, self.ssh.as_ref(), parse(args)?, context).await,
             "job" => job::call(&self.jobs, parse(args)?, context).await,
-            "file" => file::call_read(&self.files, self.jobs.config(), parse(args)?).await,
-            "file_write" => file::call_write(&self.files, parse(args)?).await,
+            "file" => file::call_read(self.file_hosts(), self.jobs.config(), parse(args)?).await,
+            "file_write" => file::call_write(self.file_hosts(), parse(args)?).await,
             "hosts" => hosts::call(self.ssh.as_ref(), principal, parse(args)?).await,
             other => tool_error(format!(
                 "unknown tool {other:?}; the tools are bash, job, file, file_write and hosts"

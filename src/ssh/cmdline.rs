@@ -12,8 +12,10 @@
 
 use std::fmt::Write as _;
 
-/// The largest exec request we send (OpenSSH accepts packets up to 256 KiB).
-pub const MAX_EXEC: usize = 200 * 1024;
+/// The largest exec request we send: sshd hands the whole string to the
+/// login shell as one argument, and Linux refuses a single argument over
+/// 128 KiB (`MAX_ARG_STRLEN`).
+pub const MAX_EXEC: usize = 120 * 1024;
 
 /// A POSIX `sh` script under construction; values go in through
 /// [`Script::set`] and friends, never as text.

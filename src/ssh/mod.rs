@@ -7,9 +7,12 @@ pub mod config;
 mod conn;
 pub mod known_hosts;
 mod pool;
+pub mod sftp;
 
 pub use conn::{ConnectTimings, known_name};
-pub use pool::{Captured, Channel, Chunk, ConnState, Pool, Scanned, Stdin, TestReport, Vanished};
+pub use pool::{
+    Captured, Channel, Chunk, ConnState, Pool, Scanned, SlotStream, Stdin, TestReport, Vanished,
+};
 
 /// Why an SSH operation failed. Messages are written for a model: what
 /// failed, why, and what to do.

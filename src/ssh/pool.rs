@@ -121,6 +121,46 @@ impl Drop for Channel {
     }
 }
 
+/// A channel's byte stream that keeps its slot in the connection's cap.
+pub struct SlotStream {
+    inner: russh::ChannelStream<Msg>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for SlotStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SlotStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// What a remote command sent, in order.
 #[derive(Debug)]
 pub enum Chunk {
@@ -674,10 +714,7 @@ impl Pool {
 
     /// A byte stream to the `sftp` subsystem of `alias`, holding its channel
     /// slot while it lives.
-    pub async fn sftp_stream(
-        &self,
-        alias: &str,
-    ) -> Result<(russh::ChannelStream<Msg>, OwnedSemaphorePermit), SshError> {
+    pub async fn sftp_stream(&self, alias: &str) -> Result<SlotStream, SshError> {
         let (ch, _conn, permit) = self.open(alias).await?;
         ch.request_subsystem(true, "sftp")
             .await
@@ -685,7 +722,10 @@ impl Pool {
                 alias: alias.to_owned(),
                 message: format!("the sftp subsystem is not available: {e}"),
             })?;
-        Ok((ch.into_stream(), permit))
+        Ok(SlotStream {
+            inner: ch.into_stream(),
+            _permit: permit,
+        })
     }
 
     /// Connects afresh (not pooled) and reports how long each step took.
