@@ -101,9 +101,9 @@ pub(super) struct Direct {
     pub(super) words: Vec<String>,
 }
 
-/// The program and words to exec directly for `cmd`, or `None` when it needs
-/// a shell. `path` is the job's `PATH`; relative names resolve against `cwd`.
-pub(super) fn direct(cmd: &str, path: Option<&str>, cwd: &Path) -> Option<Direct> {
+/// The words of `cmd` when it is only plain words (the same to a shell and
+/// to execve) and its program is not a shell-only word; else `None`.
+pub(super) fn plain_words(cmd: &str) -> Option<Vec<&str>> {
     let words: Vec<&str> = cmd.split([' ', '\t']).filter(|w| !w.is_empty()).collect();
     let (&first, rest) = words.split_first()?;
     // `=` is allowed after the program name only (before it, it would be an assignment).
@@ -113,7 +113,14 @@ pub(super) fn direct(cmd: &str, path: Option<&str>, cwd: &Path) -> Option<Direct
     if SHELL_ONLY.contains(&first) {
         return None;
     }
-    let program = resolve(first, path, cwd)?;
+    Some(words)
+}
+
+/// The program and words to exec directly for `cmd`, or `None` when it needs
+/// a shell. `path` is the job's `PATH`; relative names resolve against `cwd`.
+pub(super) fn direct(cmd: &str, path: Option<&str>, cwd: &Path) -> Option<Direct> {
+    let words = plain_words(cmd)?;
+    let program = resolve(words[0], path, cwd)?;
     Some(Direct {
         program,
         words: words.iter().map(|w| (*w).to_owned()).collect(),

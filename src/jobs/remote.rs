@@ -40,7 +40,8 @@ pub(super) struct RemoteJob {
 }
 
 /// The exec string of a job: print the pid, enter `cwd`, export `env`, then
-/// run `cmd` with bash (or sh where there is no bash).
+/// run `cmd` with bash (or sh where there is no bash), or exec it directly
+/// when it is plain words.
 pub(super) fn exec_string(
     cmd: &str,
     cwd: Option<&str>,
@@ -55,9 +56,18 @@ pub(super) fn exec_string(
     for (k, v) in env {
         s.export(k, v.as_bytes()).map_err(JobError::Invalid)?;
     }
-    s.set("c_", cmd.as_bytes());
-    s.raw("if command -v bash >/dev/null 2>&1; then exec bash -c \"$c_\"; fi");
-    s.raw("exec sh -c \"$c_\"");
+    match super::direct::plain_words(cmd) {
+        // Plain words mean the same without a shell (see `direct.rs`): one
+        // exec less on the host. They hold only characters safe as script text.
+        Some(words) => {
+            s.raw(&format!("exec {}", words.join(" ")));
+        }
+        None => {
+            s.set("c_", cmd.as_bytes());
+            s.raw("if command -v bash >/dev/null 2>&1; then exec bash -c \"$c_\"; fi");
+            s.raw("exec sh -c \"$c_\"");
+        }
+    }
     s.finish().map_err(|e| JobError::Invalid(e.to_string()))
 }
 

@@ -65,9 +65,20 @@ impl Script {
         self
     }
 
-    /// Sets shell variable `name` (a constant identifier) to `value`'s exact bytes.
+    /// Sets shell variable `name` (a constant identifier) to `value`'s exact
+    /// bytes. A value that no shell reads specially inside double quotes is
+    /// written as it is; any other goes through `printf` (a subshell on the
+    /// host, about a millisecond).
     pub fn set(&mut self, name: &str, value: &[u8]) -> &mut Script {
         debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        let verbatim = value
+            .iter()
+            .all(|&b| (b' '..=b'~').contains(&b) && !b"$`\"\\'!".contains(&b));
+        if verbatim {
+            let text = std::str::from_utf8(value).unwrap_or_default();
+            let _ = write!(self.body, "{name}=\"{text}\"; ");
+            return self;
+        }
         let _ = write!(self.body, "{name}=$(printf \"");
         encode(value, &mut self.body);
         let _ = write!(self.body, "\"); {name}=${{{name}%X}}; ");

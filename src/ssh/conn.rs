@@ -224,6 +224,21 @@ fn identity_pub(path: &Path) -> Option<PublicKey> {
     PublicKey::from_openssh(text.trim()).ok()
 }
 
+/// The hash to sign with an RSA key, asked of the server once.
+async fn rsa_hash(handle: &Handle<Client>, known: &mut Option<Option<HashAlg>>) -> Option<HashAlg> {
+    if known.is_none() {
+        *known = Some(
+            handle
+                .best_supported_rsa_hash()
+                .await
+                .ok()
+                .flatten()
+                .flatten(),
+        );
+    }
+    known.flatten()
+}
+
 /// Logs in as OpenSSH would: agent keys first (only those matching an
 /// identity file when IdentitiesOnly), then each identity file. Returns how.
 async fn authenticate(
@@ -232,12 +247,9 @@ async fn authenticate(
     agent_sock: Option<&Path>,
 ) -> Result<String, SshError> {
     let mut tried: Vec<String> = Vec::new();
-    let rsa_hash = handle
-        .best_supported_rsa_hash()
-        .await
-        .ok()
-        .flatten()
-        .flatten();
+    // Asked only for an RSA key: the answer may wait for the server's
+    // ext-info, which costs an ed25519 login nothing.
+    let mut rsa: Option<Option<HashAlg>> = None;
     let file_pubs: Vec<PublicKey> = host
         .identity_files
         .iter()
@@ -262,7 +274,7 @@ async fn authenticate(
                 for key in keys {
                     let fp = key.fingerprint(HashAlg::Sha256).to_string();
                     let hash = if key.algorithm().is_rsa() {
-                        rsa_hash
+                        rsa_hash(handle, &mut rsa).await
                     } else {
                         None
                     };
@@ -301,7 +313,7 @@ async fn authenticate(
             }
         };
         let hash = if key.algorithm().is_rsa() {
-            rsa_hash
+            rsa_hash(handle, &mut rsa).await
         } else {
             None
         };
