@@ -139,7 +139,7 @@ async fn guard(State(gate): State<Gate>, mut req: Request, next: Next) -> Respon
             Ok(principal) => {
                 req.extensions_mut().insert(principal);
             }
-            Err(refused) => return refused,
+            Err(refused) => return *refused,
         }
     }
     next.run(req).instrument(span).await

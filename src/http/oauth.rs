@@ -43,7 +43,10 @@ pub(super) fn routes(auth: Auth) -> Router {
 
 /// Middleware for `/mcp`: a valid bearer or 401 with the metadata pointer.
 /// The caller of `/mcp` by its bearer token, or the 401/503 to answer.
-pub(super) fn check_bearer(auth: &Auth, req: &Request) -> Result<crate::auth::Principal, Response> {
+pub(super) fn check_bearer(
+    auth: &Auth,
+    req: &Request,
+) -> Result<crate::auth::Principal, Box<Response>> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -53,7 +56,7 @@ pub(super) fn check_bearer(auth: &Auth, req: &Request) -> Result<crate::auth::Pr
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
     let Some(bearer) = presented.filter(|b| !b.is_empty()) else {
-        return Err(unauthorized(auth, None));
+        return Err(Box::new(unauthorized(auth, None)));
     };
     let peer = req
         .extensions()
@@ -61,17 +64,19 @@ pub(super) fn check_bearer(auth: &Auth, req: &Request) -> Result<crate::auth::Pr
         .map(|c| c.0.ip());
     match auth.verify_bearer(bearer, peer) {
         Ok(principal) => Ok(principal),
-        Err(crate::auth::BearerError::Invalid) => Err(unauthorized(
+        Err(crate::auth::BearerError::Invalid) => Err(Box::new(unauthorized(
             auth,
             Some("the access token is unknown, revoked or expired"),
-        )),
+        ))),
         Err(e) => {
             tracing::error!(error = %e, "cannot check a bearer token");
-            Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cannot check the token right now; retry",
-            )
-                .into_response())
+            Err(Box::new(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot check the token right now; retry",
+                )
+                    .into_response(),
+            ))
         }
     }
 }
