@@ -3,7 +3,7 @@
 //! Layout (see ARCHITECTURE.md): `cli` parses commands and calls `app`, the
 //! composition root, which wires `mcp` (tools, rmcp) and `http` (axum) to the
 //! `jobs` engine over `host` and `store`; `auth` (users, OAuth, scopes) and
-//! `audit` sit under `http`/`mcp`; `ssh` (host config, known_hosts) under `host`. `config`, `telemetry`, `fsutil` and `crypto` are leaves.
+//! `audit` sit under `http`/`mcp`; `ssh` (host config, known_hosts) under `host`. `config`, `telemetry`, `fsutil`, `crypto` and `wildcard` are leaves.
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
@@ -22,3 +22,4 @@ pub mod mcp;
 pub mod ssh;
 pub mod store;
 pub mod telemetry;
+pub mod wildcard;

@@ -149,7 +149,9 @@ impl Hosts {
     }
 
     pub fn allows(&self, host: &str) -> bool {
-        self.0.iter().any(|p| glob(p.as_bytes(), host.as_bytes()))
+        self.0
+            .iter()
+            .any(|p| crate::wildcard::matches(host.as_bytes(), p.as_bytes()))
     }
 
     /// Patterns allowed by both sets: each of `self` that `other` allows
@@ -184,28 +186,6 @@ impl fmt::Display for Hosts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.join(" "))
     }
-}
-
-/// Shell-style glob over bytes with `*` and `?`, iterative with backtracking.
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == b'*')
 }
 
 #[cfg(test)]
@@ -245,7 +225,10 @@ mod tests {
         assert!(Hosts::parse("-oProxyCommand=x").is_err());
         assert!(Hosts::parse("a;b").is_err());
         assert!(Hosts::parse("").is_err());
-        assert!(glob(b"a*b*c", b"aXXbYYc") && !glob(b"a*b*c", b"aXXbYY"));
+        assert!(
+            crate::wildcard::matches(b"aXXbYYc", b"a*b*c")
+                && !crate::wildcard::matches(b"aXXbYY", b"a*b*c")
+        );
     }
 
     #[test]

@@ -182,25 +182,7 @@ pub(crate) fn parse_port(text: &str) -> Result<u16, String> {
 /// OpenSSH's `match_pattern`: `*` matches any run, `?` one byte; nothing else
 /// is special. Case-sensitive, as `Host` lines are.
 pub(crate) fn match_pattern(s: &str, pattern: &str) -> bool {
-    let (s, p) = (s.as_bytes(), pattern.as_bytes());
-    let (mut si, mut pi) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            si += 1;
-            pi += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&b| b == b'*')
+    crate::wildcard::matches(s.as_bytes(), pattern.as_bytes())
 }
 
 /// OpenSSH's `match_pattern_list`: a comma-separated list where `!pattern`

@@ -538,7 +538,7 @@ fn match_pattern_list(name: &str, list: &str) -> bool {
         if pattern.len() > MAX_SUBPATTERN {
             return false;
         }
-        if glob(name.as_bytes(), pattern.as_bytes()) {
+        if crate::wildcard::matches(name.as_bytes(), pattern.as_bytes()) {
             if negated {
                 return false;
             }
@@ -546,29 +546,6 @@ fn match_pattern_list(name: &str, list: &str) -> bool {
         }
     }
     positive
-}
-
-/// `*` matches any run of bytes, `?` exactly one; nothing else is special.
-fn glob(s: &[u8], p: &[u8]) -> bool {
-    let (mut si, mut pi) = (0, 0);
-    // The last `*` seen and the position in `s` it is currently matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            si += 1;
-            pi += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((star_p, star_s)) = star {
-            star = Some((star_p, star_s + 1));
-            pi = star_p + 1;
-            si = star_s + 1;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&b| b == b'*')
 }
 
 /// Why `host` cannot go on a known_hosts line as a plain name, if it cannot.
