@@ -300,6 +300,63 @@ fn seek_line(file: &File, ix: &mut Index, target: u64) -> Result<(u64, u64), See
     }
 }
 
+/// What one line did to a page being built.
+pub(crate) enum Step {
+    /// It was added; the next line starts this many bytes further.
+    Line(u64),
+    /// It does not fit: the page is complete.
+    Full,
+    /// It alone is bigger than the page: its start was shown, cut; the
+    /// caller skips the rest of it.
+    Cut,
+}
+
+/// Adds the line at the start of `chunk` (line `line`, byte `at` of the
+/// file) to the page `out` of `result`, within `budget`. Shared by the
+/// local and the remote engine, which differ only in how they read.
+pub(crate) fn page_step(
+    out: &mut String,
+    result: &mut ReadResult,
+    path: &Path,
+    line: u64,
+    at: u64,
+    chunk: &[u8],
+    budget: usize,
+) -> Result<Step, FileError> {
+    let size = result.size;
+    let (text, complete) = match memchr::memchr(b'\n', chunk) {
+        Some(n) => (&chunk[..n], true),
+        None if at + chunk.len() as u64 >= size => (chunk, true),
+        None => (chunk, false),
+    };
+    if memchr::memchr(0, text).is_some() {
+        return Err(binary(path, size));
+    }
+    // The bytes of the line, not of its lossy text (which may be longer).
+    let raw_len = text.len() as u64;
+    let text = String::from_utf8_lossy(text);
+    let numbered = format!("{line:>6}\t{text}\n");
+    if !complete || out.len() + numbered.len() > budget {
+        if !out.is_empty() {
+            return Ok(Step::Full);
+        }
+        // One line bigger than the whole budget: show its start.
+        let room = budget.saturating_sub(8).max(1);
+        let cut = floor_char_boundary(&text, room);
+        out.push_str(&format!("{line:>6}\t{}…\n", &text[..cut]));
+        result.cut_line = Some(CutLine {
+            line,
+            byte_offset: at,
+            shown_bytes: cut as u64,
+        });
+        result.end_line = Some(line);
+        return Ok(Step::Cut);
+    }
+    out.push_str(&numbered);
+    result.end_line = Some(line);
+    Ok(Step::Line(raw_len + 1))
+}
+
 /// Fill `result` with lines from `line` (starting at byte `at`).
 fn page(
     file: &File,
@@ -322,30 +379,13 @@ fn page(
             break;
         }
         let chunk = &buf[..got];
-        let (text, complete) = match memchr::memchr(b'\n', chunk) {
-            Some(n) => (&chunk[..n], true),
-            None if at + got as u64 >= size => (chunk, true),
-            None => (chunk, false),
-        };
-        if memchr::memchr(0, text).is_some() {
-            return Err(binary(path, size));
-        }
-        // The bytes of the line, not of its lossy text (which may be longer).
-        let raw_len = text.len() as u64;
-        let text = String::from_utf8_lossy(text);
-        let numbered = format!("{line:>6}\t{text}\n");
-        if !complete || out.len() + numbered.len() > budget {
-            if out.is_empty() {
-                // One line bigger than the whole budget: show its start.
-                let room = budget.saturating_sub(8).max(1);
-                let cut = floor_char_boundary(&text, room);
-                out.push_str(&format!("{line:>6}\t{}…\n", &text[..cut]));
-                result.cut_line = Some(CutLine {
-                    line,
-                    byte_offset: at,
-                    shown_bytes: cut as u64,
-                });
-                result.end_line = Some(line);
+        match page_step(&mut out, result, path, line, at, chunk, budget)? {
+            Step::Line(advance) => {
+                at += advance;
+                line += 1;
+            }
+            Step::Full => break,
+            Step::Cut => {
                 line += 1;
                 // Skip the rest of the long line.
                 at = match next_newline(file, at + got as u64)
@@ -354,13 +394,9 @@ fn page(
                     Some(p) => p + 1,
                     None => size,
                 };
+                break;
             }
-            break;
         }
-        out.push_str(&numbered);
-        result.end_line = Some(line);
-        at += raw_len + 1;
-        line += 1;
     }
     result.content = out;
     result.next_offset = (at < size).then_some(line);

@@ -12,8 +12,8 @@ use std::time::Instant;
 use crate::files::FileError;
 use crate::files::kind_of;
 use crate::files::read::{
-    CHUNK, CutLine, INDEX_TIME, Index, ReadRange, ReadResult, SNIFF, STEP, binary, bytes_wanted,
-    check_readable, floor_char_boundary, slow,
+    CHUNK, INDEX_TIME, Index, ReadRange, ReadResult, SNIFF, STEP, Step, binary, bytes_wanted,
+    check_readable, page_step, slow,
 };
 use crate::ssh::sftp::{File, OpenOptions};
 
@@ -230,29 +230,13 @@ async fn page(
             continue;
         }
         let chunk = &buf[from..(from + window).min(buf.len())];
-        let (text, complete) = match memchr::memchr(b'\n', chunk) {
-            Some(n) => (&chunk[..n], true),
-            None if at + chunk.len() as u64 >= size => (chunk, true),
-            None => (chunk, false),
-        };
-        if memchr::memchr(0, text).is_some() {
-            return Err(binary(path, size));
-        }
-        let raw_len = text.len() as u64;
-        let text = String::from_utf8_lossy(text);
-        let numbered = format!("{line:>6}\t{text}\n");
-        if !complete || out.len() + numbered.len() > budget {
-            if out.is_empty() {
-                // One line bigger than the whole budget: show its start.
-                let room = budget.saturating_sub(8).max(1);
-                let cut = floor_char_boundary(&text, room);
-                out.push_str(&format!("{line:>6}\t{}…\n", &text[..cut]));
-                result.cut_line = Some(CutLine {
-                    line,
-                    byte_offset: at,
-                    shown_bytes: cut as u64,
-                });
-                result.end_line = Some(line);
+        match page_step(&mut out, result, path, line, at, chunk, budget)? {
+            Step::Line(advance) => {
+                at += advance;
+                line += 1;
+            }
+            Step::Full => break,
+            Step::Cut => {
                 line += 1;
                 // Skip the rest of the long line.
                 at = match next_newline(file, at + chunk.len() as u64)
@@ -262,13 +246,9 @@ async fn page(
                     Some(p) => p + 1,
                     None => size,
                 };
+                break;
             }
-            break;
         }
-        out.push_str(&numbered);
-        result.end_line = Some(line);
-        at += raw_len + 1;
-        line += 1;
     }
     result.content = out;
     result.next_offset = (at < size).then_some(line);
