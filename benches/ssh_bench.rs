@@ -295,11 +295,94 @@ pub(super) fn bench_ssh(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()>
         "ssh: OpenSSH `ssh host true` over ControlMaster (p50 of 20)",
         format!("{:.1} ms", ms(muxed.pct(50.0))),
     );
+    sftp_read(rep, &lab, o)?;
     rep.notes.push(
         "ssh: the bench sshd sets SHLVL=1 for sessions (as the test lab does), so the login \
          user's ~/.bashrc is not sourced for each command; a heavy ~/.bashrc adds its own cost \
          to every SSH command, for OpenSSH's client as for mcpsh"
             .into(),
+    );
+    Ok(())
+}
+
+/// Reads a large file from the host through mcpsh's SSH stack (pool, SFTP
+/// channel, pipelined reads) and through `scp`, both to nowhere.
+fn sftp_read(rep: &mut Report, lab: &Lab, o: &Opts) -> Result<()> {
+    let size: u64 = (500u64 << 20).min(o.job_bytes);
+    let path = lab.dir.join("big.bin");
+    {
+        use std::io::Write as _;
+        let mut f = std::io::BufWriter::new(fs::File::create(&path)?);
+        // Incompressible-looking bytes (an xorshift stream).
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..size >> 20 {
+            for chunk in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes());
+            }
+            f.write_all(&block)?;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let cfg = mcpsh::config::SshConfig {
+        config: lab.config.clone(),
+        hosts_toml: lab.dir.join("hosts.toml"),
+        ..Default::default()
+    };
+    let remote = path.display().to_string();
+    let ours = rt.block_on(async {
+        let pool = mcpsh::ssh::Pool::load(cfg).map_err(|e| e.to_string())?;
+        let stream = pool.sftp_stream("h01").await.map_err(|e| e.to_string())?;
+        let sftp = mcpsh::ssh::sftp::Sftp::new(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let file = sftp
+            .open(&remote, mcpsh::ssh::sftp::OpenOptions::read())
+            .await
+            .map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let mut at = 0u64;
+        while at < size {
+            let got = file.read_at(at, 4 << 20).await.map_err(|e| e.to_string())?;
+            if got.is_empty() {
+                break;
+            }
+            at += got.len() as u64;
+        }
+        let took = t.elapsed();
+        if at != size {
+            return Err(format!("read {at} of {size} bytes"));
+        }
+        Ok::<Duration, String>(took)
+    })?;
+    let t = Instant::now();
+    run(Command::new("scp")
+        .arg("-F")
+        .arg(&lab.config)
+        .args(["-q", "-o", "BatchMode=yes"])
+        .arg(format!("h01:{remote}"))
+        .arg("/dev/null")
+        .env_remove("SSH_AUTH_SOCK"))?;
+    let scp = t.elapsed();
+    let _ = fs::remove_file(&path);
+    let rate = |d: Duration| size as f64 / (1 << 20) as f64 / d.as_secs_f64();
+    let ratio = rate(ours) / rate(scp);
+    rep.check(
+        format!("ssh: read {} MiB over SFTP (mcpsh) vs scp", size >> 20),
+        format!(
+            "{:.0} vs {:.0} MiB/s ({:.2}x)",
+            rate(ours),
+            rate(scp),
+            ratio
+        ),
+        "≥ 0.8x scp",
+        ratio >= 0.8,
     );
     Ok(())
 }

@@ -107,8 +107,11 @@ impl App {
         let store = open_store(&config)?;
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let ssh = match Pool::load(config.ssh.clone()) {
+        let ssh = match Pool::load_or_empty(config.ssh.clone()) {
             Ok(pool) => {
+                if let Some(why) = pool.problem() {
+                    tracing::warn!("SSH hosts are unavailable until this is fixed: {why}");
+                }
                 pool.start_reaper(&tracker, cancel.clone());
                 Some(pool)
             }

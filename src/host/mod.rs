@@ -22,10 +22,15 @@ pub enum HostError {
     #[error("host name {0:?} is not valid: {1}")]
     BadName(String, String),
     #[error(
-        "unknown host {name:?}; use \"local\" or one of the SSH hosts: {} (the hosts tool, action list, shows them)",
-        if known.is_empty() { "none are configured".to_owned() } else { known.join(", ") }
+        "unknown host {name:?}; use \"local\" or one of the SSH hosts: {} (the hosts tool, action list, shows them){}",
+        if known.is_empty() { "none are configured".to_owned() } else { known.join(", ") },
+        problem.as_ref().map(|p| format!(". The SSH host files cannot be used: {p}")).unwrap_or_default()
     )]
-    Unknown { name: String, known: Vec<String> },
+    Unknown {
+        name: String,
+        known: Vec<String>,
+        problem: Option<String>,
+    },
 }
 
 impl Host {
@@ -51,6 +56,7 @@ impl Host {
                             .collect()
                     })
                     .unwrap_or_default(),
+                problem: ssh.and_then(Pool::problem),
             }),
         }
     }
@@ -89,6 +95,7 @@ mod tests {
                 Err(HostError::Unknown {
                     name: "web-3".into(),
                     known: vec![],
+                    problem: None,
                 }),
             ),
         ] {

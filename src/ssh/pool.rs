@@ -39,6 +39,8 @@ struct Inner {
 /// The inventory and the state of the files it was read from.
 struct Loaded {
     inventory: Arc<Inventory>,
+    /// Why the files could not be read, while they cannot.
+    problem: Option<String>,
     stamp: Vec<Option<(std::time::SystemTime, u64)>>,
     checked: Instant,
 }
@@ -363,6 +365,7 @@ impl Pool {
                 cfg,
                 inventory: Mutex::new(Loaded {
                     inventory: Arc::new(inventory),
+                    problem: None,
                     stamp: files,
                     checked: Instant::now(),
                 }),
@@ -382,6 +385,29 @@ impl Pool {
         Ok(Pool::new(cfg, inv))
     }
 
+    /// Like [`Pool::load`], but a server keeps running when the files are
+    /// wrong: the pool starts with no hosts, says why ([`Pool::problem`]),
+    /// and reads the files again once they change.
+    pub fn load_or_empty(cfg: SshConfig) -> Result<Pool, SshError> {
+        match Inventory::load(&cfg.config, Some(&cfg.hosts_toml)) {
+            Ok(inv) => Ok(Pool::new(cfg, inv)),
+            Err(e) => {
+                let missing = cfg.hosts_toml.with_extension("mcpsh-none");
+                let empty =
+                    Inventory::load(&missing, None).map_err(|e| SshError::Config(e.to_string()))?;
+                let pool = Pool::new(cfg, empty);
+                lock(&pool.inner.inventory).problem = Some(e.to_string());
+                Ok(pool)
+            }
+        }
+    }
+
+    /// Why the ssh config or hosts.toml cannot be used right now, if so.
+    pub fn problem(&self) -> Option<String> {
+        self.inventory();
+        lock(&self.inner.inventory).problem.clone()
+    }
+
     pub fn config(&self) -> &SshConfig {
         &self.inner.cfg
     }
@@ -398,10 +424,14 @@ impl Pool {
                 match Inventory::load(&cfg.config, Some(&cfg.hosts_toml)) {
                     Ok(inv) => {
                         loaded.inventory = Arc::new(inv);
-                        loaded.stamp = now;
+                        loaded.problem = None;
                     }
-                    Err(e) => tracing::warn!("keeping the previous SSH inventory: {e}"),
+                    Err(e) => {
+                        tracing::warn!("keeping the previous SSH inventory: {e}");
+                        loaded.problem = Some(e.to_string());
+                    }
                 }
+                loaded.stamp = now;
             }
         }
         loaded.inventory.clone()

@@ -312,3 +312,48 @@ async def test_the_pool_reconnects_after_the_host_restarts(one_mcp, ssh_lab):
     ssh_lab["web1"].start(port=ssh_lab["web1"].port)
     r = await ssh_mcp.bash("echo two", host="web1")
     assert (r["exit_code"], r["output"]) == (0, "two\n"), r.text
+
+
+async def test_injection_through_users_and_addresses_never_runs_anything(ssh_lab, tmp_path):
+    """Hostile values in hosts.toml and the ssh config (users, addresses, keys, jumps,
+    commands) are refused or inert: nothing runs locally, no ssh option is injected, and a
+    refused hosts.toml is reported as such rather than silently dropped."""
+    from conftest import Server
+    canary = tmp_path / "pwned"
+    touch = f"touch {canary}"
+    web1 = ssh_lab["web1"]
+    hostile_toml = [
+        [{"name": "u1", "address": "127.0.0.1", "port": web1.port, "user": f"$({touch})"}],
+        [{"name": "u2", "address": "127.0.0.1", "port": web1.port, "user": f"root;{touch}"}],
+        [{"name": "u3", "address": "127.0.0.1", "port": web1.port, "user": "-oProxyCommand=" + touch}],
+        [{"name": "a1", "address": "-oProxyCommand=" + touch}],
+        [{"name": "a2", "address": f"127.0.0.1;{touch}"}],
+        [{"name": "k1", "address": "127.0.0.1", "port": web1.port, "key": f"$({touch})"}],
+    ]
+    ssh_lab.add_hosts({
+        "c1": {"sshd": web1, "user": f"$(id>{canary})"},
+        "c2": {"sshd": web1, "extra": f"ProxyCommand {touch}"},
+        "c3": {"sshd": web1, "extra": f"LocalCommand {touch}\nPermitLocalCommand yes"},
+        "c4": {"sshd": web1, "proxy_jump": f"-oProxyCommand={touch}"},
+        "c5": {"sshd": web1, "extra": f"KnownHostsCommand {touch}"},
+    })
+    server = Server("stdio")
+    try:
+        server.env = ssh_lab.env(server.env)
+        for entries in hostile_toml:
+            ssh_lab.write_hosts_toml(entries)
+            async with server.connect("auto") as s:
+                r = await s.bash("echo ran", host=entries[0]["name"])
+            assert r.is_error and "ran\n" not in r.text, (entries, r.text)
+        ssh_lab.write_hosts_toml([])
+        async with server.connect("auto") as s:
+            for name in ["c1", "c2", "c3", "c4", "c5"]:
+                r = await s.bash("echo ran", host=name)
+                if name in ("c3", "c5"):
+                    # LocalCommand and KnownHostsCommand are ignored, never run.
+                    assert r["exit_code"] == 0, (name, r.text)
+                else:
+                    assert r.is_error and "ran\n" not in r.text, (name, r.text)
+    finally:
+        server.cleanup()
+    assert not canary.exists()
