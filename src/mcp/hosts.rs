@@ -55,6 +55,8 @@ struct ListEntry {
     source: &'static str,
     connected: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    connected_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     channels_in_use: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     idle_secs: Option<u64>,
@@ -175,6 +177,7 @@ fn list(pool: &Pool, principal: &Principal) -> CallToolResult {
                     _ => "hosts.toml",
                 },
                 connected: state.as_ref().is_some_and(|s| s.connected),
+                connected_secs: state.as_ref().map(|s| s.age_secs),
                 channels_in_use: state.as_ref().map(|s| s.channels_in_use),
                 idle_secs: state.as_ref().map(|s| s.idle_secs),
             }

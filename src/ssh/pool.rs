@@ -102,6 +102,8 @@ impl Conn {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConnState {
     pub connected: bool,
+    /// Seconds since the connection was made.
+    pub age_secs: u64,
     pub channels_in_use: usize,
     pub idle_secs: u64,
 }
@@ -489,6 +491,7 @@ impl Pool {
         let c = guard.as_ref()?;
         Some(ConnState {
             connected: c.ended().is_none(),
+            age_secs: self.now_ms().saturating_sub(c.connected_ms) / 1000,
             channels_in_use: c.in_use(),
             idle_secs: self
                 .now_ms()
@@ -864,14 +867,4 @@ async fn tcp(host: &HostConfig) -> Result<tokio::net::TcpStream, SshError> {
     // Nagle would hold each small request back ~40 ms.
     let _ = s.set_nodelay(true);
     Ok(s)
-}
-
-impl Pool {
-    /// Milliseconds since the pooled connection to `alias` was made.
-    pub fn connected_for_ms(&self, alias: &str) -> Option<u64> {
-        let slot = lock(&self.inner.slots).get(alias).cloned()?;
-        let guard = slot.conn.try_lock().ok()?;
-        let c = guard.as_ref()?;
-        Some(self.now_ms().saturating_sub(c.connected_ms))
-    }
 }
