@@ -103,16 +103,17 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub(crate) fn russh_config(host: &HostConfig) -> Arc<client::Config> {
-    // A vanished peer must fail running work within 30 s: keepalives at most
-    // every 10 s, three unanswered close the connection.
+    // A vanished peer must fail running work within 30 s: the connection
+    // closes after `max` unanswered keepalives, one interval after the last.
+    let max = host.server_alive_count_max.clamp(1, 3);
     let interval = host
         .server_alive_interval
         .unwrap_or(Duration::from_secs(5))
-        .min(Duration::from_secs(10));
+        .min(Duration::from_secs(30) / (max + 1));
     Arc::new(client::Config {
         nodelay: true,
         keepalive_interval: Some(interval),
-        keepalive_max: host.server_alive_count_max.clamp(1, 3) as usize,
+        keepalive_max: max as usize,
         inactivity_timeout: None,
         ..Default::default()
     })
