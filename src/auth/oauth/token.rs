@@ -90,21 +90,14 @@ impl Auth {
         {
             Take::Fresh(row) => row,
             Take::Replayed { grant_id } => {
-                if let Some(g) = grant_id {
-                    let _ = self
-                        .inner
-                        .store
-                        .revoke_grant(&g, "authorization code replayed", now);
-                    self.inner.audit.security(
-                        "code_reuse",
-                        Who {
-                            client_id: Some(&client.client_id),
-                            source,
-                            ..Default::default()
-                        },
-                        Some(format!("login {g} revoked")),
-                    );
-                }
+                self.revoke_replayed(
+                    grant_id,
+                    "code_reuse",
+                    "authorization code replayed",
+                    client,
+                    source,
+                    now,
+                );
                 return Err(invalid(
                     "the authorization code was already used; every token issued from it is now revoked",
                 ));
@@ -168,6 +161,32 @@ impl Auth {
         Ok(out)
     }
 
+    /// A code or refresh token came back after use: revoke the login it
+    /// belongs to (every token issued from it) and record why.
+    fn revoke_replayed(
+        &self,
+        grant_id: Option<String>,
+        event: &str,
+        reason: &str,
+        client: &ClientRow,
+        source: Option<&str>,
+        now: i64,
+    ) {
+        let Some(g) = grant_id else {
+            return;
+        };
+        let _ = self.inner.store.revoke_grant(&g, reason, now);
+        self.inner.audit.security(
+            event,
+            Who {
+                client_id: Some(&client.client_id),
+                source,
+                ..Default::default()
+            },
+            Some(format!("login {g} revoked")),
+        );
+    }
+
     fn refresh<'a>(
         &self,
         client: &ClientRow,
@@ -186,21 +205,14 @@ impl Auth {
         {
             Take::Fresh(row) => row,
             Take::Replayed { grant_id } => {
-                if let Some(g) = grant_id {
-                    let _ = self
-                        .inner
-                        .store
-                        .revoke_grant(&g, "refresh token reused", now);
-                    self.inner.audit.security(
-                        "token_reuse",
-                        Who {
-                            client_id: Some(&client.client_id),
-                            source,
-                            ..Default::default()
-                        },
-                        Some(format!("login {g} revoked")),
-                    );
-                }
+                self.revoke_replayed(
+                    grant_id,
+                    "token_reuse",
+                    "refresh token reused",
+                    client,
+                    source,
+                    now,
+                );
                 return Err(invalid(
                     "this refresh token was already used; the whole login is now revoked, log in again",
                 ));
