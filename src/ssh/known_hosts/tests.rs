@@ -1,3 +1,6 @@
+//! known_hosts checking against keys and hashed names made by the real
+//! `ssh-keygen`, so the semantics are OpenSSH's, not our reading of them.
+
 use super::*;
 use std::process::Command;
 
@@ -14,6 +17,11 @@ impl Key {
     fn line(&self) -> String {
         format!("{} {}", self.key_type, STANDARD.encode(&self.blob))
     }
+}
+
+/// Two distinct ed25519 keys, `k1` and `k2`.
+fn two_keys(dir: &Path) -> (Key, Key) {
+    (keygen(dir, "k1", "ed25519"), keygen(dir, "k2", "ed25519"))
 }
 
 fn keygen(dir: &Path, name: &str, kind: &str) -> Key {
@@ -95,10 +103,7 @@ fn fingerprint_is_what_ssh_keygen_prints() {
 #[test]
 fn plain_names_and_ports() {
     let dir = tempfile::tempdir().unwrap();
-    let (k1, k2) = (
-        keygen(dir.path(), "k1", "ed25519"),
-        keygen(dir.path(), "k2", "ed25519"),
-    );
+    let (k1, k2) = two_keys(dir.path());
     let kh = write(
         dir.path(),
         "kh",
@@ -125,10 +130,7 @@ fn plain_names_and_ports() {
 #[test]
 fn wildcards_and_negation() {
     let dir = tempfile::tempdir().unwrap();
-    let (k1, k2) = (
-        keygen(dir.path(), "k1", "ed25519"),
-        keygen(dir.path(), "k2", "ed25519"),
-    );
+    let (k1, k2) = two_keys(dir.path());
     let kh = write(
         dir.path(),
         "kh",
@@ -187,10 +189,7 @@ fn pattern_lists_match_as_openssh_does() {
 #[test]
 fn hashed_entries_from_ssh_keygen() {
     let dir = tempfile::tempdir().unwrap();
-    let (k1, k2) = (
-        keygen(dir.path(), "k1", "ed25519"),
-        keygen(dir.path(), "k2", "ed25519"),
-    );
+    let (k1, k2) = two_keys(dir.path());
     let kh = write(
         dir.path(),
         "kh",
@@ -520,10 +519,7 @@ fn append_trusted_round_trips_through_ssh_keygen() {
 #[test]
 fn append_trusted_starts_a_new_line_after_an_unterminated_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (k1, k2) = (
-        keygen(dir.path(), "k1", "ed25519"),
-        keygen(dir.path(), "k2", "ed25519"),
-    );
+    let (k1, k2) = two_keys(dir.path());
     let path = dir.path().join("kh");
     std::fs::write(&path, format!("other {}", k1.line())).unwrap();
     append_trusted(&path, "web-1", 22, &k2.key_type, &k2.blob).unwrap();
