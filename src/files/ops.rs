@@ -106,6 +106,26 @@ pub struct Changed {
     pub replaced: bool,
 }
 
+impl Changed {
+    /// `from` was copied to `to`: `entries` files, directories and links
+    /// holding `bytes` bytes.
+    pub(crate) fn copied(
+        from: &Path,
+        to: &Path,
+        entries: u64,
+        bytes: u64,
+        replaced: bool,
+    ) -> Changed {
+        Changed {
+            path: from.display().to_string(),
+            to: Some(to.display().to_string()),
+            entries,
+            bytes: Some(bytes),
+            replaced,
+        }
+    }
+}
+
 /// Remove `path`; a directory needs `recursive`.
 pub fn delete(scope: &Scope, path: &Path, recursive: bool) -> Result<Changed, FileError> {
     let (dir, name) = scope.open_parent(path)?;
@@ -281,13 +301,7 @@ pub fn copy(
         }
         other => return Err(not_copied(from, other)),
     };
-    Ok(Changed {
-        path: from.display().to_string(),
-        to: Some(to.display().to_string()),
-        entries,
-        bytes: Some(bytes),
-        replaced,
-    })
+    Ok(Changed::copied(from, to, entries, bytes, replaced))
 }
 
 fn copy_file(

@@ -35,6 +35,19 @@ pub struct Written {
     pub replacements: Option<usize>,
 }
 
+impl Written {
+    /// `path` now holds exactly `content`.
+    pub(crate) fn whole(path: &Path, content: &[u8], created: bool) -> Written {
+        Written {
+            path: path.display().to_string(),
+            bytes: content.len() as u64,
+            sha256: Some(crate::crypto::sha256_hex(content)),
+            created,
+            replacements: None,
+        }
+    }
+}
+
 /// One exact-string replacement.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Edit {
@@ -62,10 +75,7 @@ pub fn write(
     let existing = existing(&dir, &name, path)?;
     if let Some(want) = if_hash {
         let Some((fd, _)) = &existing else {
-            return Err(FileError::Invalid(format!(
-                "{} does not exist, so it cannot have sha256 {want}; drop if_hash to create it",
-                path.display()
-            )));
+            return Err(no_file_for_hash(path, want));
         };
         check_hash(fd, want, path)?;
     }
@@ -73,13 +83,7 @@ pub fn write(
         .as_ref()
         .map(|(_, st)| (st.st_mode & 0o7777, st.st_uid, st.st_gid));
     replace(&dir, &name, path, content, meta)?;
-    Ok(Written {
-        path: path.display().to_string(),
-        bytes: content.len() as u64,
-        sha256: Some(crate::crypto::sha256_hex(content)),
-        created: existing.is_none(),
-        replacements: None,
-    })
+    Ok(Written::whole(path, content, existing.is_none()))
 }
 
 /// Append to `path` (created if missing).
@@ -139,11 +143,8 @@ pub fn edit(
         Some((st.st_mode & 0o7777, st.st_uid, st.st_gid)),
     )?;
     Ok(Written {
-        path: path.display().to_string(),
-        bytes: text.len() as u64,
-        sha256: Some(crate::crypto::sha256_hex(text.as_bytes())),
-        created: false,
         replacements: Some(replaced),
+        ..Written::whole(path, text.as_bytes(), false)
     })
 }
 
@@ -369,6 +370,14 @@ fn check_hash(fd: &OwnedFd, want: &str, path: &Path) -> Result<(), FileError> {
     } else {
         Err(hash_mismatch(path, want, &have))
     }
+}
+
+/// `if_hash` was given for a file that does not exist.
+pub(super) fn no_file_for_hash(path: &Path, want: &str) -> FileError {
+    FileError::Invalid(format!(
+        "{} does not exist, so it cannot have sha256 {want}; drop if_hash to create it",
+        path.display()
+    ))
 }
 
 pub(super) fn hash_mismatch(path: &Path, want: &str, have: &str) -> FileError {

@@ -248,13 +248,7 @@ pub(super) async fn copy(
         }
         other => return Err(not_copied(from, other)),
     };
-    Ok(Changed {
-        path: from.display().to_string(),
-        to: Some(to.display().to_string()),
-        entries,
-        bytes: Some(bytes),
-        replaced,
-    })
+    Ok(Changed::copied(from, to, entries, bytes, replaced))
 }
 
 /// Copy one regular file to `to` atomically (a temp file renamed into

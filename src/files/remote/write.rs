@@ -11,8 +11,8 @@ use sha2::Digest;
 
 use crate::files::scope::split;
 use crate::files::write::{
-    Edit, Written, apply_edits, check_edit_size, check_edits, hash_mismatch, not_writable,
-    symlink_not_written, temp_name,
+    Edit, Written, apply_edits, check_edit_size, check_edits, hash_mismatch, no_file_for_hash,
+    not_writable, symlink_not_written, temp_name,
 };
 use crate::files::{FileError, kind_of};
 use crate::ssh::sftp::{Attrs, File, OpenOptions};
@@ -35,10 +35,7 @@ pub(super) async fn write(
     let old = existing(fs, path).await?;
     if let Some(want) = if_hash {
         if old.is_none() {
-            return Err(FileError::Invalid(format!(
-                "{} does not exist, so it cannot have sha256 {want}; drop if_hash to create it",
-                path.display()
-            )));
+            return Err(no_file_for_hash(path, want));
         }
         let have = sha256_of(fs, path).await?;
         if !have.eq_ignore_ascii_case(want) {
@@ -46,13 +43,7 @@ pub(super) async fn write(
         }
     }
     replace(fs, path, content, old.as_ref()).await?;
-    Ok(Written {
-        path: path.display().to_string(),
-        bytes: content.len() as u64,
-        sha256: Some(crate::crypto::sha256_hex(content)),
-        created: old.is_none(),
-        replacements: None,
-    })
+    Ok(Written::whole(path, content, old.is_none()))
 }
 
 pub(super) async fn append(
@@ -118,11 +109,8 @@ pub(super) async fn edit(
     let (text, replaced) = apply_edits(raw, edits, if_hash, path)?;
     replace(fs, path, text.as_bytes(), Some(&old)).await?;
     Ok(Written {
-        path: path.display().to_string(),
-        bytes: text.len() as u64,
-        sha256: Some(crate::crypto::sha256_hex(text.as_bytes())),
-        created: false,
         replacements: Some(replaced),
+        ..Written::whole(path, text.as_bytes(), false)
     })
 }
 
