@@ -145,20 +145,7 @@ impl Auth {
             return Err(invalid("this login was revoked"));
         }
         let scopes = Scopes::parse(&grant.scopes).unwrap_or_default();
-        let out = self
-            .issue_pair(&grant, scopes)
-            .map_err(OAuthError::server)?;
-        self.inner.audit.security(
-            "token_issue",
-            Who {
-                user: Some(&grant.user_name),
-                client_id: Some(&client.client_id),
-                source,
-                ..Default::default()
-            },
-            Some(format!("login {} scopes [{scopes}]", grant.id)),
-        );
-        Ok(out)
+        self.issue_recorded("token_issue", &grant, scopes, client, source)
     }
 
     /// A code or refresh token came back after use: revoke the login it
@@ -260,18 +247,28 @@ impl Auth {
             .store
             .touch_grant(&grant.id, now, expires)
             .map_err(OAuthError::server)?;
-        let out = self
-            .issue_pair(&grant, scopes)
-            .map_err(OAuthError::server)?;
+        self.issue_recorded("token_refresh", &grant, scopes, client, source)
+    }
+
+    /// [`Self::issue_pair`], recorded on the audit log as `event`.
+    fn issue_recorded(
+        &self,
+        event: &str,
+        grant: &GrantRow,
+        scopes: Scopes,
+        client: &ClientRow,
+        source: Option<&str>,
+    ) -> Result<Value, OAuthError> {
+        let out = self.issue_pair(grant, scopes).map_err(OAuthError::server)?;
         self.inner.audit.security(
-            "token_refresh",
+            event,
             Who {
                 user: Some(&grant.user_name),
                 client_id: Some(&client.client_id),
                 source,
                 ..Default::default()
             },
-            Some(format!("login {}", grant.id)),
+            Some(format!("login {} scopes [{scopes}]", grant.id)),
         );
         Ok(out)
     }
