@@ -389,14 +389,10 @@ impl Jobs {
             return fail(JobError::Spawn(e)).await;
         }
         // The server owns the job: a restart finds it lost.
-        if let Some(me) = procs::stat(std::process::id() as i32) {
+        if let Some((pid, start)) = server_identity() {
             let store = inner.store.clone();
             let jid = id.clone();
-            let pid = std::process::id() as i32;
-            let _ = quick(&inner.store, move || {
-                store.set_supervisor(&jid, pid, me.start)
-            })
-            .await;
+            let _ = quick(&inner.store, move || store.set_supervisor(&jid, pid, start)).await;
         }
         let (pid_tx, pid_rx) = watch::channel(None);
         let job = Arc::new(RemoteJob {
@@ -855,6 +851,16 @@ impl Jobs {
             }
         }
     }
+}
+
+/// This process's pid and start time (read once), recorded as the owner of
+/// its remote jobs.
+fn server_identity() -> Option<(i32, u64)> {
+    static ME: std::sync::OnceLock<Option<(i32, u64)>> = std::sync::OnceLock::new();
+    *ME.get_or_init(|| {
+        let pid = std::process::id() as i32;
+        procs::stat(pid).map(|s| (pid, s.start))
+    })
 }
 
 const REMOTE_OWNER_GONE: &str =
