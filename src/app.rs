@@ -30,6 +30,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Jobs(#[from] JobError),
+    #[error(transparent)]
+    Sessions(#[from] crate::sessions::SessionError),
     #[error("file roots")]
     Files(#[from] crate::files::FileError),
     #[error("cannot listen on {addr}: {source}")]
@@ -81,6 +83,7 @@ fn local_user() -> String {
 pub struct App {
     pub config: Config,
     pub jobs: Jobs,
+    pub sessions: crate::sessions::Sessions,
     pub files: Arc<Files>,
     /// SSH hosts, when the inventory could be read.
     pub ssh: Option<Pool>,
@@ -130,6 +133,15 @@ impl App {
             cancel.clone(),
         )?;
         jobs.start_background().await?;
+        let sessions = crate::sessions::Sessions::new(
+            config.sessions.clone(),
+            config.terms_dir(),
+            store.clone(),
+            jobs.clone(),
+            ssh.clone(),
+            tracker.clone(),
+        )?;
+        sessions.reconcile().await?;
         let home = std::env::var_os("HOME")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
@@ -146,6 +158,7 @@ impl App {
         Ok(App {
             config,
             jobs,
+            sessions,
             files,
             remote_files: ssh.clone().map(RemoteHosts::new),
             ssh,
@@ -159,6 +172,7 @@ impl App {
     fn services(&self, default_principal: Option<Principal>) -> crate::mcp::Services {
         crate::mcp::Services {
             jobs: self.jobs.clone(),
+            sessions: self.sessions.clone(),
             ssh: self.ssh.clone(),
             remote_files: self.remote_files.clone(),
             files: self.files.clone(),

@@ -135,6 +135,35 @@ impl Default for SshConfig {
     }
 }
 
+/// Terminal sessions (`session` tool, `mcpsh terms`, `mcpsh attach`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Most sessions open at once (all hosts).
+    pub max_open: usize,
+    /// Seconds a session may sit with no input, output or request before it
+    /// is closed (0 = never).
+    pub idle_secs: u64,
+    /// Per-session transcript cap: past it the head and the most recent tail
+    /// are kept and the middle is dropped.
+    pub transcript_cap: u64,
+    /// Terminal size of a new session when `open` gives none.
+    pub cols: u16,
+    pub rows: u16,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            max_open: 16,
+            idle_secs: 4 * 3600,
+            transcript_cap: 64 << 20,
+            cols: 120,
+            rows: 40,
+        }
+    }
+}
+
 /// The whole effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -147,6 +176,7 @@ pub struct Config {
     pub files: FilesConfig,
     pub audit: AuditConfig,
     pub ssh: SshConfig,
+    pub sessions: SessionsConfig,
     /// The file this configuration was read from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -161,6 +191,7 @@ impl Default for Config {
             files: FilesConfig::default(),
             audit: AuditConfig::default(),
             ssh: SshConfig::default(),
+            sessions: SessionsConfig::default(),
             source: None,
         }
     }
@@ -255,6 +286,9 @@ impl Config {
         if let Some(v) = env("MCPSH_HOSTS_TOML").filter(|v| !v.is_empty()) {
             self.ssh.hosts_toml = PathBuf::from(v);
         }
+        if let Some(v) = parse(env, "MCPSH_SESSION_IDLE_SECS")? {
+            self.sessions.idle_secs = v;
+        }
         if let Some(v) = parse(env, "MCPSH_SPOOL_QUOTA")? {
             self.jobs.spool_quota = v;
         }
@@ -279,6 +313,10 @@ impl Config {
 
     pub fn jobs_dir(&self) -> PathBuf {
         self.state_dir.join("jobs")
+    }
+
+    pub fn terms_dir(&self) -> PathBuf {
+        self.state_dir.join("terms")
     }
 }
 

@@ -31,3 +31,20 @@ pub fn read_full_at(file: &std::fs::File, buf: &mut [u8], mut at: u64) -> std::i
     }
     Ok(got)
 }
+
+/// Replace `path` with `data` atomically (a 0600 temporary file next to it,
+/// then rename), so a reader sees the old content or the new, never half.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(data)?;
+    std::fs::rename(&tmp, path)
+}

@@ -19,6 +19,7 @@ pub mod host;
 pub mod http;
 pub mod jobs;
 pub mod mcp;
+pub mod sessions;
 pub mod ssh;
 pub mod store;
 pub mod telemetry;

@@ -8,6 +8,7 @@ mod hosts_cmd;
 mod jobs_cmd;
 mod serve;
 mod stdio;
+mod terms_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,10 @@ enum Command {
     },
     /// OAuth logins per user and client, with expiry (never token values).
     Sessions(auth_cmd::SessionsArgs),
+    /// Terminal sessions (the `session` tool's shells): open ones and recently closed.
+    Terms(terms_cmd::TermsArgs),
+    /// Watch a terminal session live (read-only; --rw to type). Ctrl-] detaches.
+    Attach(terms_cmd::AttachArgs),
     /// Read the audit log: tool calls and security events.
     Audit(auth_cmd::AuditArgs),
     /// SSH hosts: list the inventory, test connections, trust host keys.
@@ -105,6 +110,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sessions(args) => auth_cmd::sessions(config, args),
         Command::Audit(args) => auth_cmd::audit(config, args).await,
         Command::Hosts { action } => hosts_cmd::run(config, action).await,
+        Command::Terms(args) => terms_cmd::list(config, args).await,
+        Command::Attach(args) => terms_cmd::attach(config, args).await,
     }
 }
 

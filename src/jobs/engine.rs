@@ -157,6 +157,25 @@ impl Jobs {
         &self.inner.cfg
     }
 
+    /// The shell jobs run under, and the directory they start in by default.
+    pub fn shell_and_home(&self) -> (&str, &Path) {
+        (&self.inner.shell, &self.inner.home)
+    }
+
+    /// Hand a terminal session to an idle supervisor, which hosts it from
+    /// then on (surviving this server), and order a replacement spare.
+    pub async fn host_session(
+        &self,
+        spec: &crate::sessions::proto::OpenSpec,
+    ) -> Result<super::zygote::Spare, JobError> {
+        let spare = self.inner.zygote.hand_over(spec).await?;
+        let zygote = self.inner.zygote.clone();
+        self.inner.tracker.spawn(async move {
+            let _ = zygote.replenish().await;
+        });
+        Ok(spare)
+    }
+
     /// Start the zygote, re-adopt jobs left running by an earlier server, and
     /// start the quota cleaner.
     pub async fn start_background(&self) -> Result<(), JobError> {

@@ -109,9 +109,16 @@ fn text(b: &[u8]) -> String {
 /// The whole output if it fits `budget`, else its head and tail with the
 /// exact omitted range.
 pub fn excerpt(r: &SpoolReader, budget: usize) -> io::Result<Excerpt> {
-    let len = r.len();
-    if len <= budget as u64 && r.dropped().is_none() {
-        let all = r.read(0, budget)?;
+    excerpt_range(r, 0, r.len(), budget)
+}
+
+/// [`excerpt`] of the bytes `[from, to)` only (a session command's output).
+pub fn excerpt_range(r: &SpoolReader, from: u64, to: u64, budget: usize) -> io::Result<Excerpt> {
+    let to = to.min(r.len());
+    let from = from.min(to);
+    let overlaps_drop = r.dropped().is_some_and(|d| d.from < to && d.to > from);
+    if to - from <= budget as u64 && !overlaps_drop {
+        let all = r.read(from, (to - from) as usize)?;
         return Ok(Excerpt {
             head: text(&all),
             tail: String::new(),
@@ -119,17 +126,18 @@ pub fn excerpt(r: &SpoolReader, budget: usize) -> io::Result<Excerpt> {
         });
     }
     let half = (budget / 2).max(1);
-    let head_raw = r.read(0, half + 1)?;
-    let head_len = head_cut(&head_raw, half);
-    let head_end = head_len as u64;
-    let mut tail_start = len.saturating_sub((budget - head_len) as u64).max(head_end);
+    let head_raw = r.read(from, half.min((to - from) as usize) + 1)?;
+    let head_raw = &head_raw[..head_raw.len().min((to - from) as usize)];
+    let head_len = head_cut(head_raw, half);
+    let head_end = from + head_len as u64;
+    let mut tail_start = to.saturating_sub((budget - head_len) as u64).max(head_end);
     if let Some(d) = r.dropped()
         && tail_start < d.to
         && tail_start >= d.from
     {
-        tail_start = d.to;
+        tail_start = d.to.min(to);
     }
-    let tail_raw = r.read(tail_start, (len - tail_start) as usize)?;
+    let tail_raw = r.read(tail_start, (to - tail_start) as usize)?;
     let tail_budget = budget - head_len;
     let cut = tail_cut(&tail_raw, tail_budget);
     let tail_from = tail_start + cut as u64;

@@ -16,6 +16,7 @@ use super::proto::KillReport;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
     pub ppid: i32,
+    pub pgrp: i32,
     pub state: u8,
     /// Clock ticks since boot when the process started.
     pub start: u64,
@@ -33,9 +34,15 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.bytes().next()?;
     let ppid = fields.next()?.parse().ok()?;
-    // After state and ppid, start time is field 22 of the full line, i.e. the 20th here.
-    let start = fields.nth(17)?.parse().ok()?;
-    Some(Stat { ppid, state, start })
+    let pgrp = fields.next()?.parse().ok()?;
+    // After state, ppid and pgrp, start time is field 22 of the full line, i.e. the 19th here.
+    let start = fields.nth(16)?.parse().ok()?;
+    Some(Stat {
+        ppid,
+        pgrp,
+        state,
+        start,
+    })
 }
 
 /// Is the process `pid` alive and the same process that started at `start`?
@@ -128,6 +135,7 @@ mod tests {
             parse_stat(line),
             Some(Stat {
                 ppid: 1,
+                pgrp: 1234,
                 state: b'S',
                 start: 98765
             })

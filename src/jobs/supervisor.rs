@@ -69,6 +69,16 @@ impl Ready {
         rt.block_on(supervise(spec, sigchld, server))
     }
 
+    /// Host a terminal session until its shell ends; returns the exit code.
+    pub fn run_session(
+        &mut self,
+        spec: crate::sessions::proto::OpenSpec,
+        server: StdStream,
+    ) -> i32 {
+        let Ready { rt, sigchld } = self;
+        rt.block_on(crate::sessions::host_local(spec, sigchld, server))
+    }
+
     /// True when this process has no children left — as a subreaper, then it
     /// has no descendants at all and may take another job.
     pub fn childless(&self) -> bool {
@@ -574,7 +584,7 @@ async fn stdin_pump(fd: AsyncFd<OwnedFd>, mut rx: mpsc::Receiver<StdinMsg>) {
 }
 
 /// Read what the job wrote; 0 at EOF.
-async fn read_output(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) async fn read_output(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut guard = fd.readable().await?;
         match guard.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut *buf)?)) {
@@ -587,7 +597,7 @@ async fn read_output(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize>
 
 /// Make a pipe end or terminal master non-blocking and watch it in the runtime.
 #[allow(unsafe_code)]
-fn nonblocking(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+pub(crate) fn nonblocking(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     let flags = rustix::fs::fcntl_getfl(&fd)?;
     rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)?;
     // SAFETY: the AsyncFd takes ownership of the OwnedFd, which stays open

@@ -80,7 +80,9 @@ fn spare_main(spare_socket: &Path) -> i32 {
     loop {
         match take_job(spare_socket, conn.take()) {
             None => return 0,
-            Some((spec, server)) => {
+            // A session's host lives as long as its shell, then exits.
+            Some((Task::Session(spec), server)) => return ready.run_session(spec, server),
+            Some((Task::Job(spec), server)) => {
                 let (code, back) = ready.run(spec, server);
                 if !ready.childless() {
                     // Leftovers of the job are ours (subreaper); never mix
@@ -93,10 +95,16 @@ fn spare_main(spare_socket: &Path) -> i32 {
     }
 }
 
-/// Greet the server as an idle spare and wait for a job: its spec and the
+/// What a spare is handed: a job, or a terminal session to host.
+enum Task {
+    Job(Spec),
+    Session(crate::sessions::proto::OpenSpec),
+}
+
+/// Greet the server as an idle spare and wait for a task: its spec and the
 /// connection that will carry its events. `conn` is the connection of the
 /// previous job, if the server confirmed that job's end on it.
-fn take_job(spare_socket: &Path, conn: Option<UnixStream>) -> Option<(Spec, UnixStream)> {
+fn take_job(spare_socket: &Path, conn: Option<UnixStream>) -> Option<(Task, UnixStream)> {
     let mut server = match conn {
         Some(c) => c,
         None => UnixStream::connect(spare_socket).ok()?,
@@ -114,9 +122,12 @@ fn take_job(spare_socket: &Path, conn: Option<UnixStream>) -> Option<(Spec, Unix
         Ok(n) if n > 0 => {}
         _ => return None, // the server went away without a job for us
     }
-    let spec = serde_json::from_str::<Spec>(&line).ok()?;
+    let task = match serde_json::from_str::<Spec>(&line) {
+        Ok(spec) => Task::Job(spec),
+        Err(_) => Task::Session(serde_json::from_str(&line).ok()?),
+    };
     let _ = server.set_write_timeout(Some(Duration::from_millis(200)));
-    Some((spec, server))
+    Some((task, server))
 }
 
 /// fork(2). Only sound because the zygote is single-threaded: `main` enters
@@ -302,6 +313,11 @@ impl Zygote {
     /// order a replacement. Returns the supervisor's pid and the connection
     /// that now carries the job's events.
     pub async fn start_job(&self, spec: &Spec) -> Result<Spare, JobError> {
+        self.hand_over(spec).await
+    }
+
+    /// Hand any task (a job [`Spec`], a session's `OpenSpec`) to an idle spare.
+    pub async fn hand_over(&self, spec: &impl Serialize) -> Result<Spare, JobError> {
         let mut line = serde_json::to_vec(spec).map_err(|e| JobError::Spawn(e.to_string()))?;
         line.push(b'\n');
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

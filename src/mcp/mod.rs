@@ -8,6 +8,7 @@ mod file;
 mod hosts;
 mod job;
 mod render;
+mod session;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
@@ -38,6 +39,7 @@ Commands get stdin from /dev/null (no prompts), NO_COLOR=1 and PAGER=cat.";
 #[derive(Clone)]
 pub struct Services {
     pub jobs: Jobs,
+    pub sessions: crate::sessions::Sessions,
     pub ssh: Option<crate::ssh::Pool>,
     /// The file engines of SSH hosts (one SFTP session per host, shared).
     pub remote_files: Option<crate::files::remote::RemoteHosts>,
@@ -50,6 +52,7 @@ pub struct Services {
 #[derive(Clone)]
 pub struct McpServer {
     jobs: Jobs,
+    sessions: crate::sessions::Sessions,
     ssh: Option<crate::ssh::Pool>,
     remote_files: Option<crate::files::remote::RemoteHosts>,
     files: Arc<Files>,
@@ -61,6 +64,7 @@ impl McpServer {
     pub fn new(s: Services) -> McpServer {
         McpServer {
             jobs: s.jobs,
+            sessions: s.sessions,
             remote_files: s.remote_files,
             ssh: s.ssh,
             files: s.files,
@@ -76,6 +80,7 @@ impl McpServer {
             file::read_tool(),
             file::write_tool(),
             hosts::tool(),
+            session::tool(),
         ]
     }
 
@@ -97,7 +102,7 @@ impl McpServer {
 /// is closed until it is mapped here.
 fn scope_for(tool: &str) -> Scope {
     match tool {
-        "bash" | "job" | "hosts" => Scope::Exec,
+        "bash" | "job" | "hosts" | "session" => Scope::Exec,
         "file" => Scope::FilesRead,
         "file_write" => Scope::FilesWrite,
         _ => Scope::Admin,
@@ -133,6 +138,9 @@ fn describe(tool: &str, args: &serde_json::Map<String, serde_json::Value>) -> (C
     let target = match tool {
         "bash" => text("cmd"),
         "job" => text("id"),
+        "session" => text("cmd")
+            .or_else(|| text("text"))
+            .or_else(|| text("name")),
         _ => match (text("path"), text("to")) {
             (Some(p), Some(to)) => Some(format!("{p} -> {to}")),
             (p, _) => p,
@@ -316,8 +324,19 @@ impl McpServer {
             "file" => file::call_read(self.file_hosts(), self.jobs.config(), parse(args)?).await,
             "file_write" => file::call_write(self.file_hosts(), parse(args)?).await,
             "hosts" => hosts::call(self.ssh.as_ref(), principal, parse(args)?).await,
+            "session" => {
+                let max_wait = self.jobs.config().max_wait;
+                session::call(
+                    &self.sessions,
+                    self.ssh.as_ref(),
+                    principal,
+                    max_wait,
+                    parse(args)?,
+                )
+                .await
+            }
             other => tool_error(format!(
-                "unknown tool {other:?}; the tools are bash, job, file, file_write and hosts"
+                "unknown tool {other:?}; the tools are bash, job, file, file_write, hosts and session"
             )),
         })
     }

@@ -109,6 +109,21 @@ const MIGRATIONS: &[&str] = &[
         detail      TEXT
     );
     CREATE INDEX audit_ts ON audit (ts_ms);",
+    // 4: terminal sessions; at most one open session per (host, name)
+    "CREATE TABLE terms (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        host        TEXT NOT NULL,
+        dir         TEXT NOT NULL,
+        shell       TEXT NOT NULL,
+        sup_pid     INTEGER,
+        sup_start   INTEGER,
+        created_ms  INTEGER NOT NULL,
+        closed_ms   INTEGER,
+        reason      TEXT
+    );
+    CREATE UNIQUE INDEX terms_open ON terms (host, name) WHERE closed_ms IS NULL;
+    CREATE INDEX terms_created ON terms (created_ms DESC);",
 ];
 
 pub(super) fn apply(conn: &Connection) -> Result<(), StoreError> {

@@ -10,6 +10,9 @@
 mod audit;
 mod auth;
 mod migrations;
+mod terms;
+
+pub use terms::TermRow;
 
 pub use audit::{AuditEnd, AuditFilter, AuditRow};
 pub use auth::{

@@ -84,6 +84,9 @@ class Session:
     async def job(self, action: str, **args: Any) -> Result:
         return await self.call("job", {"action": action, **args})
 
+    async def session(self, action: str, **args: Any) -> Result:
+        return await self.call("session", {"action": action, **args})
+
     async def wait_done(self, job_id: str, timeout: float = 90.0) -> tuple[Result, str]:
         """Long-poll a job until it is no longer running.
 

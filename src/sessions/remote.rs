@@ -1,0 +1,151 @@
+//! The host of a session on an SSH host. It lives in the server (the
+//! connection is the server's), on two channels of the pooled connection:
+//! one runs `cat` on a FIFO in a fresh private directory (the side channel),
+//! the other runs bash under a pseudo-terminal, whose start-up file opens
+//! that FIFO and then removes it, so nothing is left on the host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::proto::OpenSpec;
+use super::shell::{self, quote};
+use super::term::{Input, Term};
+use crate::ssh::{Chunk, Pool};
+
+/// The side channel's command: a private directory with a FIFO, its path
+/// on the first line, then whatever the shell's hooks write to it.
+const SIDE: &str = "umask 077; d=$(mktemp -d \"${TMPDIR:-/tmp}/mcpsh.XXXXXXXX\") || exit 1; \
+    mkfifo -m 600 \"$d/side\" || exit 1; printf '%s\\n' \"$d/side\"; exec cat -- \"$d/side\"";
+
+/// Start the session of `spec` on `alias`; the returned term is fed by a
+/// task on `tracker` until the shell ends.
+pub(super) async fn open(
+    pool: &Pool,
+    alias: &str,
+    spec: &OpenSpec,
+    tracker: &tokio_util::task::TaskTracker,
+) -> Result<Arc<Term>, String> {
+    let mut side = pool
+        .exec(alias, SIDE, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut first = Vec::new();
+    let fifo = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), side.next()).await;
+        match next {
+            Ok(Ok(Some(Chunk::Stdout(d)))) => {
+                first.extend_from_slice(&d);
+                if let Some(i) = first.iter().position(|&b| b == b'\n') {
+                    let path = String::from_utf8_lossy(&first[..i]).into_owned();
+                    first.drain(..=i);
+                    break path;
+                }
+                if first.len() > 4096 {
+                    return Err("the host answered the session set-up with garbage".into());
+                }
+            }
+            Ok(Ok(Some(Chunk::Stderr(d)))) => {
+                return Err(format!(
+                    "cannot prepare the session on {alias}: {}",
+                    String::from_utf8_lossy(&d).trim()
+                ));
+            }
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                return Err(format!(
+                    "cannot prepare the session on {alias} (mktemp/mkfifo failed)"
+                ));
+            }
+            Err(_) => return Err(format!("{alias} did not answer the session set-up in 10 s")),
+        }
+    };
+    let command = shell_command(spec, &fifo)?;
+    let mut pty = pool
+        .exec(alias, &command, Some((spec.cols, spec.rows)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, mut rx) = mpsc::channel::<Input>(64);
+    let term = Term::new(
+        spec.name.clone(),
+        &spec.dir,
+        &spec.shell,
+        0,
+        (spec.cols, spec.rows),
+        spec.transcript_cap,
+        spec.segment_size,
+        tx,
+        None,
+    );
+    if !first.is_empty() {
+        term.feed_side(&first);
+    }
+    let t = term.clone();
+    let idle_secs = spec.idle_secs;
+    tracker.spawn(async move {
+        let input = pty.stdin();
+        let mut side_open = true;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let reason = loop {
+            tokio::select! {
+                c = pty.next() => match c {
+                    Ok(Some(Chunk::Stdout(d) | Chunk::Stderr(d))) => t.feed_output(&d),
+                    Ok(Some(Chunk::Exit { code, signal })) => break match (code, signal) {
+                        (Some(c), _) => format!("the shell exited with code {c}"),
+                        (_, Some(s)) => format!("the shell was killed by signal {s}"),
+                        _ => "the shell ended".into(),
+                    },
+                    Ok(None) => break "the shell ended".into(),
+                    Err(v) => break format!("the SSH connection was lost: {}", v.reason),
+                },
+                c = side.next(), if side_open => match c {
+                    Ok(Some(Chunk::Stdout(d))) => t.feed_side(&d),
+                    Ok(Some(_)) => {}
+                    _ => side_open = false,
+                },
+                i = rx.recv() => match i {
+                    Some(Input::Bytes(b)) => { let _ = input.write(&b).await; }
+                    Some(Input::Resize(cols, rows)) => { let _ = input.resize(cols, rows).await; }
+                    Some(Input::Close) | None => break "closed".into(),
+                },
+                _ = tick.tick() => {
+                    if idle_secs > 0 && t.idle() >= Duration::from_secs(idle_secs) {
+                        break format!("closed after {idle_secs} s idle");
+                    }
+                }
+            }
+        };
+        // Dropping the channels closes them: sshd hangs up the terminal,
+        // which ends the shell, and `cat` sees the FIFO's end.
+        t.set_exited(reason);
+    });
+    Ok(term)
+}
+
+/// `cd`, the variables, then bash with the start-up file on descriptor 3.
+fn shell_command(spec: &OpenSpec, fifo: &str) -> Result<String, String> {
+    let mut cmd = String::new();
+    if !spec.cwd.as_os_str().is_empty() {
+        let cwd = spec.cwd.to_string_lossy();
+        cmd.push_str(&format!("cd -- {} || exit 1; ", quote(&cwd)));
+    }
+    for (k, v) in &spec.env {
+        if !valid_name(k) {
+            return Err(format!("env name {k:?} is not a valid variable name"));
+        }
+        cmd.push_str(&format!("export {k}={}; ", quote(v)));
+    }
+    let rc = shell::rcfile(&shell::Side::Fifo(fifo.to_owned()));
+    cmd.push_str(&format!(
+        "export MCPSH_SESSION={}; exec bash --rcfile /dev/fd/3 -i 3<<'MCPSH_RC_EOF'\n{rc}exec 3<&-\nMCPSH_RC_EOF\n",
+        quote(&spec.name)
+    ));
+    Ok(cmd)
+}
+
+pub(super) fn valid_name(k: &str) -> bool {
+    let mut c = k.chars();
+    c.next()
+        .is_some_and(|f| f == '_' || f.is_ascii_alphabetic())
+        && c.all(|x| x == '_' || x.is_ascii_alphanumeric())
+}
