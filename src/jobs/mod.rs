@@ -23,6 +23,7 @@ pub mod zygote;
 
 pub use engine::{Jobs, Progress, StartRequest};
 pub use jobdir::{control_request, read_status, reconcile_row};
+pub(crate) use remote::kill_tree as kill_remote_tree;
 pub(crate) use spawn::open_pty;
 
 /// Errors the job engine reports. Messages are written for a model to act on.

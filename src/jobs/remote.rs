@@ -106,8 +106,9 @@ left=$(tree); k=$(count "$left")
 echo "$n $k $(count "$(tree)")"
 "#;
 
-/// Ends the remote tree of job `id` rooted at `pid` on `alias`.
-pub(super) async fn kill_tree(
+/// Ends the remote tree of job `id` rooted at `pid` on `alias` (also a
+/// remote terminal session's, with the session id as `id`).
+pub(crate) async fn kill_tree(
     pool: &Pool,
     alias: &str,
     pid: u32,

@@ -41,7 +41,7 @@ pub async fn host(
     let (tx, mut rx) = mpsc::channel::<Input>(64);
     let probe_master = master.try_clone().ok();
     let probe: Option<Probe> =
-        probe_master.map(|m| Box::new(move || Some(foreground_reads(&m, shell_pid))) as Probe);
+        probe_master.map(|m| Box::new(move || Some(foreground_reads(&m))) as Probe);
     let term = Term::new(
         spec.name.clone(),
         &spec.dir,
@@ -264,14 +264,13 @@ fn write_status(spec: &OpenSpec, reason: &str) {
 
 /// Is the terminal's foreground program blocked reading it? `read(2)` on
 /// the terminal is a yes; poll/select is a maybe (the screen decides).
-fn foreground_reads(master: &OwnedFd, shell_pid: i32) -> Reading {
+fn foreground_reads(master: &OwnedFd) -> Reading {
     let Ok(pgrp) = rustix::termios::tcgetpgrp(master) else {
         return Reading::No;
     };
+    // The shell itself may be the reader (`read -p`): callers ask only
+    // while a command runs, never at the prompt.
     let pgrp = pgrp.as_raw_nonzero().get();
-    if pgrp == shell_pid {
-        return Reading::No; // the shell itself, at its prompt
-    }
     let me = rustix::process::getpid().as_raw_nonzero().get();
     let mut verdict = Reading::No;
     for pid in procs::descendants(me) {

@@ -2,7 +2,8 @@
 //!
 //! The shell's hooks (see `shell.rs`) report each command's start and end on
 //! a *side channel* (a pipe the terminal never sees): `S\0TOKEN\0` before a
-//! command runs and `E\0TOKEN\0STATUS\0CWD\0` before each prompt, TOKEN being
+//! command runs and `E\0TOKEN\0STATUS\0CWD\0` before each prompt (and
+//! `P\0PID\0` once at start), TOKEN being
 //! fresh random digits drawn at that moment. The same hook also prints
 //! `ESC ] 6973 ; TOKEN BEL` into the terminal, which marks *where* in the
 //! output stream the event happened (terminal output and the side channel
@@ -102,6 +103,8 @@ fn mark_at(b: &[u8]) -> Match {
 pub enum Side {
     /// A command line is about to run.
     Start { token: String },
+    /// The shell's pid, once at start.
+    Pid { pid: i32 },
     /// The shell is about to prompt: the last command's status and the cwd.
     End {
         token: String,
@@ -130,7 +133,7 @@ impl SideParser {
             let f = String::from_utf8_lossy(&std::mem::take(&mut self.field)).into_owned();
             self.fields.push(f);
             let want = match self.fields[0].as_str() {
-                "S" => 2,
+                "S" | "P" => 2,
                 "E" => 4,
                 _ => {
                     // Not a record start: resynchronise on the next field.
@@ -139,9 +142,14 @@ impl SideParser {
                 }
             };
             if self.fields.len() == want {
+                let first = self.fields[0].clone();
                 let mut f = std::mem::take(&mut self.fields).into_iter().skip(1);
                 let token = f.next().unwrap_or_default();
-                if want == 2 {
+                if want == 2 && first == "P" {
+                    out.push(Side::Pid {
+                        pid: token.parse().unwrap_or(0),
+                    });
+                } else if want == 2 {
                     out.push(Side::Start { token });
                 } else {
                     let status = f.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
@@ -207,7 +215,8 @@ mod tests {
     #[test]
     fn side_records_parse_across_reads_and_resync() {
         let mut p = SideParser::default();
-        let all = b"S\x0042\x00E\x0042\x007\x00/tmp/a b\nc\x00junk\x00E\x001\x000\x00/\x00";
+        let all =
+            b"P\x00777\x00S\x0042\x00E\x0042\x007\x00/tmp/a b\nc\x00junk\x00E\x001\x000\x00/\x00";
         let mut got = Vec::new();
         for c in all.chunks(3) {
             got.extend(p.feed(c));
@@ -215,6 +224,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
+                Side::Pid { pid: 777 },
                 Side::Start { token: "42".into() },
                 Side::End {
                     token: "42".into(),

@@ -82,6 +82,7 @@ pub(super) async fn open(
     }
     let t = term.clone();
     let idle_secs = spec.idle_secs;
+    let (pool, alias, id) = (pool.clone(), alias.to_owned(), spec.session.clone());
     tracker.spawn(async move {
         let input = pty.stdin();
         let mut side_open = true;
@@ -115,8 +116,18 @@ pub(super) async fn open(
                 }
             }
         };
-        // Dropping the channels closes them: sshd hangs up the terminal,
-        // which ends the shell, and `cat` sees the FIFO's end.
+        // A session we end takes its whole tree with it (background jobs
+        // too); then dropping the channels closes them, and `cat` sees the
+        // FIFO's end.
+        let pid = t.shell_pid();
+        if pid > 0 && !reason.starts_with("the SSH connection was lost") {
+            let grace = Duration::from_millis(500);
+            if let Err(e) =
+                crate::jobs::kill_remote_tree(&pool, &alias, pid as u32, &id, grace).await
+            {
+                tracing::warn!(host = %alias, "could not end the session's processes: {e}");
+            }
+        }
         t.set_exited(reason);
     });
     Ok(term)

@@ -22,7 +22,8 @@ pub fn rcfile(side: &Side) -> String {
         r#"# mcpsh session start-up: the user's own start-up files, then the hooks.
 [ -r /etc/bash.bashrc ] && . /etc/bash.bashrc
 [ -r "$HOME/.bashrc" ] && . "$HOME/.bashrc"
-{open_side}__mcpsh_tok() {{ __mcpsh_t="${{SRANDOM:-$RANDOM$RANDOM}}${{SRANDOM:-$RANDOM$RANDOM}}$RANDOM"; }}
+{open_side}printf 'P\0%s\0' "$$" >&{SIDE_FD}
+__mcpsh_tok() {{ __mcpsh_t="${{SRANDOM:-$RANDOM$RANDOM}}${{SRANDOM:-$RANDOM$RANDOM}}$RANDOM"; }}
 __mcpsh_pre() {{
   __mcpsh_tok
   printf 'S\0%s\0' "$__mcpsh_t" >&{SIDE_FD}

@@ -102,12 +102,13 @@ struct State {
     last_io: Instant,
     last_output: Instant,
     exited: Option<String>,
+    /// The shell's pid on its host (from the start, or its own report).
+    shell_pid: i32,
 }
 
 /// A session: shared by the host's I/O loop and every control connection.
 pub struct Term {
     pub name: String,
-    pub shell_pid: i32,
     started_ms: i64,
     transcript: PathBuf,
     hooks: bool,
@@ -136,7 +137,6 @@ impl Term {
         let now = Instant::now();
         Arc::new(Term {
             name,
-            shell_pid,
             started_ms: now_ms(),
             hooks: shell::has_hooks(shell),
             state: Mutex::new(State {
@@ -162,6 +162,7 @@ impl Term {
                 last_io: now,
                 last_output: now,
                 exited: None,
+                shell_pid,
             }),
             transcript,
             changed: Notify::new(),
@@ -209,8 +210,12 @@ impl Term {
     pub fn feed_side(&self, bytes: &[u8]) {
         {
             let mut s = lock(&self.state);
-            let events = s.side.feed(bytes);
-            s.queue.extend(events);
+            for ev in s.side.feed(bytes) {
+                match ev {
+                    Side::Pid { pid } => s.shell_pid = pid,
+                    ev => s.queue.push_back(ev),
+                }
+            }
             s.apply_queue();
         }
         self.changed.notify_waiters();
@@ -228,6 +233,11 @@ impl Term {
 
     pub fn exited(&self) -> Option<String> {
         lock(&self.state).exited.clone()
+    }
+
+    /// The shell's pid on its host (0 until known).
+    pub fn shell_pid(&self) -> i32 {
+        lock(&self.state).shell_pid
     }
 
     /// Wait for the shell to end; returns why it did.
@@ -318,7 +328,7 @@ impl Term {
         let (rows, cols) = s.parser.screen().size();
         Info {
             name: self.name.clone(),
-            shell_pid: self.shell_pid,
+            shell_pid: s.shell_pid,
             started_ms: self.started_ms,
             idle_ms: s.last_io.elapsed().as_millis() as u64,
             pending_bytes: s.spool.total().saturating_sub(s.read_cursor),
@@ -598,6 +608,7 @@ impl State {
         while let Some(ev) = self.queue.front() {
             let token = match ev {
                 Side::Start { token } | Side::End { token, .. } => token,
+                Side::Pid { .. } => "",
             };
             let Some(i) = self.marks.iter().position(|(t, _)| t == token) else {
                 return;
@@ -629,6 +640,7 @@ impl State {
                     since: Instant::now(),
                 };
             }
+            Side::Pid { pid } => self.shell_pid = pid,
             Side::End { status, cwd, .. } => {
                 let done = match (self.phase, self.typed.take()) {
                     (Phase::Running { seq, start, since }, _) => Some(Done {
