@@ -140,6 +140,7 @@ impl App {
             jobs.clone(),
             ssh.clone(),
             tracker.clone(),
+            cancel.clone(),
         )?;
         sessions.reconcile().await?;
         let home = std::env::var_os("HOME")

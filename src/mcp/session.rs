@@ -151,7 +151,16 @@ async fn run(
             return Ok(answer(text, v, false));
         }
         Action::Exec => Request::Exec {
-            cmd: p.cmd.clone().ok_or("exec needs `cmd`")?,
+            cmd: match p.cmd.clone().ok_or("exec needs `cmd`")? {
+                c if c.len() > MAX_TYPED => {
+                    return Err(format!(
+                        "cmd is {} long, more than {} can be typed; write a script with file_write and exec it",
+                        bytes(c.len() as u64),
+                        bytes(MAX_TYPED as u64)
+                    ));
+                }
+                c => c,
+            },
             wait_ms: wait_ms(10.0)?,
             max_output: budget,
         },
@@ -198,6 +207,9 @@ async fn run(
     })
 }
 
+/// Most bytes one `write` or `exec` may type.
+const MAX_TYPED: usize = 256 << 10;
+
 fn typed_bytes(p: &SessionParams) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     if let Some(t) = &p.text {
@@ -211,6 +223,13 @@ fn typed_bytes(p: &SessionParams) -> Result<Vec<u8>, String> {
     }
     if out.is_empty() {
         return Err("nothing to write: give `text` and/or `keys`".into());
+    }
+    if out.len() > MAX_TYPED {
+        return Err(format!(
+            "{} is too much to type at once (at most {}); write a file with file_write and run it",
+            bytes(out.len() as u64),
+            bytes(MAX_TYPED as u64)
+        ));
     }
     Ok(out)
 }

@@ -19,6 +19,9 @@ use super::term::{Input, Probe, Reading, Term};
 use crate::jobs::supervisor::{nonblocking, read_output as read};
 use crate::jobs::{now_ms, procs};
 
+/// Input bytes held for a terminal that does not read them yet.
+const MAX_PENDING: usize = 1 << 20;
+
 /// Run the session of `spec` to its end; `server` hears `Started` first.
 pub async fn host(
     spec: OpenSpec,
@@ -107,7 +110,8 @@ pub async fn host(
                     break;
                 }
             }
-            input = rx.recv() => match input {
+            // Typing waits (up to the writer's limit) while a program does not read.
+            input = rx.recv(), if pending.len() < MAX_PENDING => match input {
                 Some(Input::Bytes(b)) => pending.extend_from_slice(&b),
                 Some(Input::Resize(cols, rows)) => {
                     let ws = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };

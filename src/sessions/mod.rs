@@ -86,6 +86,8 @@ struct Inner {
     jobs: Jobs,
     ssh: Option<Pool>,
     tracker: tokio_util::task::TaskTracker,
+    /// Ends SSH sessions (and their remote processes) when the server stops.
+    cancel: tokio_util::sync::CancellationToken,
     /// One `open` at a time, so two calls cannot both create `(host, name)`.
     opening: tokio::sync::Mutex<()>,
 }
@@ -125,6 +127,7 @@ impl Sessions {
         jobs: Jobs,
         ssh: Option<Pool>,
         tracker: tokio_util::task::TaskTracker,
+        cancel: tokio_util::sync::CancellationToken,
     ) -> Result<Sessions, SessionError> {
         crate::fsutil::create_private_dir(&dir)
             .map_err(|e| SessionError::Start(format!("cannot create {}: {e}", dir.display())))?;
@@ -136,6 +139,7 @@ impl Sessions {
                 jobs,
                 ssh,
                 tracker,
+                cancel,
                 opening: tokio::sync::Mutex::new(()),
             }),
         })
@@ -326,9 +330,15 @@ impl Sessions {
         crate::fsutil::create_private_dir(&spec.dir).map_err(|e| {
             SessionError::Start(format!("cannot create {}: {e}", spec.dir.display()))
         })?;
-        let term = remote::open(pool, alias, spec, &self.inner.tracker)
-            .await
-            .map_err(SessionError::Start)?;
+        let term = remote::open(
+            pool,
+            alias,
+            spec,
+            &self.inner.tracker,
+            self.inner.cancel.clone(),
+        )
+        .await
+        .map_err(SessionError::Start)?;
         let sock = spec.dir.join(CONTROL_SOCKET);
         let listener = tokio::net::UnixListener::bind(&sock)
             .map_err(|e| SessionError::Start(format!("cannot bind {}: {e}", sock.display())))?;

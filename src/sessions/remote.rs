@@ -26,6 +26,7 @@ pub(super) async fn open(
     alias: &str,
     spec: &OpenSpec,
     tracker: &tokio_util::task::TaskTracker,
+    cancel: tokio_util::sync::CancellationToken,
 ) -> Result<Arc<Term>, String> {
     let mut side = pool
         .exec(alias, SIDE, None)
@@ -109,6 +110,7 @@ pub(super) async fn open(
                     Some(Input::Resize(cols, rows)) => { let _ = input.resize(cols, rows).await; }
                     Some(Input::Close) | None => break "closed".into(),
                 },
+                _ = cancel.cancelled() => break "the server stopped".into(),
                 _ = tick.tick() => {
                     if idle_secs > 0 && t.idle() >= Duration::from_secs(idle_secs) {
                         break format!("closed after {idle_secs} s idle");

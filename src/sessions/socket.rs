@@ -12,6 +12,9 @@ use tokio::net::{UnixListener, UnixStream};
 use super::proto::{Request, Response};
 use super::term::Term;
 
+/// Longest request or answer line: every field in them is bounded well below.
+const MAX_LINE: u64 = 4 << 20;
+
 /// Serve `term` on `listener` until the task is dropped.
 pub async fn serve(listener: UnixListener, term: Arc<Term>) {
     let conns = tokio_util::task::TaskTracker::new();
@@ -24,7 +27,11 @@ async fn connection(term: Arc<Term>, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = String::new();
-    let got = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        (&mut reader).take(MAX_LINE).read_line(&mut line),
+    )
+    .await;
     if !matches!(got, Ok(Ok(n)) if n > 0) {
         return;
     }
@@ -105,7 +112,7 @@ pub async fn call(socket: &Path, req: &Request, timeout: Duration) -> io::Result
     let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
     line.push(b'\n');
     stream.write_all(&line).await?;
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(stream).take(MAX_LINE);
     let mut answer = String::new();
     match tokio::time::timeout(timeout, reader.read_line(&mut answer)).await {
         Ok(Ok(n)) if n > 0 => serde_json::from_str(&answer).map_err(io::Error::other),

@@ -33,6 +33,10 @@ const QUIET_FOR_INPUT: Duration = Duration::from_millis(400);
 /// How long `exec` waits, at a quiet prompt, for readline to take the
 /// terminal (seen as bracketed paste turned on) before typing anyway.
 const READLINE_WAIT: Duration = Duration::from_millis(300);
+/// How long typing waits for a terminal whose input is full.
+const INPUT_WAIT: Duration = Duration::from_secs(5);
+/// Side-channel events kept while waiting for their marks.
+const MAX_QUEUE: usize = 1024;
 /// How long `exec` waits for a new shell's first prompt.
 const READY_WAIT: Duration = Duration::from_secs(15);
 
@@ -167,7 +171,7 @@ impl Term {
             transcript,
             changed: Notify::new(),
             input,
-            raw: broadcast::channel(256).0,
+            raw: broadcast::channel(64).0,
             probe,
         })
     }
@@ -213,7 +217,12 @@ impl Term {
             for ev in s.side.feed(bytes) {
                 match ev {
                     Side::Pid { pid } => s.shell_pid = pid,
-                    ev => s.queue.push_back(ev),
+                    ev => {
+                        s.queue.push_back(ev);
+                        if s.queue.len() > MAX_QUEUE {
+                            s.queue.pop_front();
+                        }
+                    }
                 }
             }
             s.apply_queue();
@@ -267,13 +276,19 @@ impl Term {
         (s.parser.screen().state_formatted(), self.raw.subscribe())
     }
 
-    /// Send bytes to the terminal (`attach --rw`, `write`).
+    /// Send bytes to the terminal (`attach --rw`, `write`). Waits while
+    /// the terminal's input is full, but not forever.
     pub async fn type_bytes(&self, bytes: Vec<u8>) -> Result<(), String> {
         self.touch();
-        self.input
-            .send(Input::Bytes(bytes))
-            .await
-            .map_err(|_| "the session has ended".to_owned())
+        match tokio::time::timeout(INPUT_WAIT, self.input.send(Input::Bytes(bytes))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("the session has ended".to_owned()),
+            Err(_) => Err(format!(
+                "the terminal has not taken its input for {} s: the program in it does not read; \
+                 look with action=read screen=true, or interrupt it with keys=[\"ctrl-c\"]",
+                INPUT_WAIT.as_secs()
+            )),
+        }
     }
 
     /// Answer a control request (all but `Attach`, which the socket serves).
