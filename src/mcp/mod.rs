@@ -127,9 +127,10 @@ fn describe(tool: &str, args: &serde_json::Map<String, serde_json::Value>) -> (C
         })
         .unwrap_or_default();
     // A fan-out call without `host` does not touch `local`, nor does `hosts`
-    // (its list shows only the hosts the caller may reach).
+    // or a session list (they show only the hosts the caller may reach).
     let named = text("host").is_some_and(|h| !h.is_empty());
-    let mut hosts = if named || (fanout.is_empty() && tool != "hosts") {
+    let lists = tool == "hosts" || (tool == "session" && text("action").as_deref() == Some("list"));
+    let mut hosts = if named || (fanout.is_empty() && !lists) {
         vec![host.clone()]
     } else {
         Vec::new()

@@ -500,6 +500,8 @@ TOOL_CALLS = [
     ("bash", {"cmd": "true"}, "exec"),
     ("job", {"action": "list"}, "exec"),
     ("hosts", {"action": "list"}, "exec"),
+    ("session", {"action": "list"}, "exec"),
+    ("session", {"action": "read", "name": "none"}, "exec"),
     ("file", {"action": "read", "path": "/etc/hostname"}, "files:read"),
     ("file", {"action": "list", "path": "/tmp"}, "files:read"),
     ("file", {"action": "stat", "path": "/tmp"}, "files:read"),
@@ -561,6 +563,12 @@ async def test_host_patterns_limit_where_a_token_acts(auth_server):
         assert r.is_error and "outside the hosts" in r.text
         r = await s.call("bash", {"cmd": "true", "host": "web-1"})
         assert not ("outside the hosts" in r.text), "web-1 passes the host check (and then fails as unknown)"
+        # Terminal sessions: local ones are out of reach, the list shows only reachable hosts.
+        for args in ({"action": "open", "name": "x"}, {"action": "exec", "name": "x", "cmd": "id"}):
+            r = await s.call("session", args)
+            assert r.is_error and "outside the hosts" in r.text, args
+        r = await s.call("session", {"action": "list"})
+        assert not r.is_error and r["sessions"] == [], r.text
 
 
 # --------------------------------------------------------------------------- CLI
