@@ -114,6 +114,15 @@ async def test_a_prompt_is_reported_as_waiting_for_input(one):
     assert "got y" in seen
 
 
+async def test_a_pager_is_waiting_for_input_and_q_ends_it(one):
+    await one.session("open", name="pager")
+    r = await one.session("exec", name="pager", cmd="seq 1 500 | less", wait=10)
+    assert r["state"] == "waiting_for_input", r.text
+    await one.session("write", name="pager", text="q")
+    _, last = await read_until(one, "pager", lambda _t, r: r["info"]["running"] is None)
+    assert last["info"]["last"]["exit_code"] == 0, last.text
+
+
 async def test_a_progress_bar_reads_as_its_final_screen(one):
     await one.session("open", name="bar")
     cmd = "for i in 1 2 3 4 5; do printf '\\r[%-5s] %d%%' $(printf '#%.0s' $(seq $i)) $((i*20)); sleep 0.05; done; echo"
@@ -275,6 +284,11 @@ async def test_the_same_session_on_an_ssh_host(ssh_lab):
                 mcp, "r1", lambda _t, r: r["info"]["running"] is None, host="web1"
             )
             assert last["info"]["last"]["exit_code"] == 130
+            # A prompt on the remote terminal is reported too (from the screen there).
+            r = await mcp.session("exec", name="r1", host="web1", cmd='read -p "Proceed? [y/N] " a; echo "got $a"', wait=10)
+            assert r["state"] == "waiting_for_input", r.text
+            await mcp.session("write", name="r1", host="web1", text="y", keys=["enter"])
+            seen, _ = await read_until(mcp, "r1", lambda t, _r: "got y" in t, host="web1")
             # The side channel's FIFO was removed right after the shell opened it.
             r = await mcp.session("exec", name="r1", host="web1", cmd="ls -d ${TMPDIR:-/tmp}/mcpsh.* 2>/dev/null | wc -l")
             assert r["output"]["head"].strip() == "0", r.text
