@@ -160,6 +160,21 @@ async def test_list_close_and_private_transcript(one, stdio_server):
     assert entry["open"] is False and entry["exit_reason"] == "closed"
 
 
+async def test_resize_and_another_shell(one):
+    await one.session("open", name="size", cols=90, rows=20)
+    r = await one.session("exec", name="size", cmd="stty size")
+    assert r["output"]["head"] == "20 90\n", r.text
+    await one.session("resize", name="size", cols=132, rows=43)
+    r = await one.session("exec", name="size", cmd="stty size; echo $COLUMNS")
+    assert r["output"]["head"] == "43 132\n132\n", r.text
+    # A shell without the hooks: write/read work, exec says why it cannot.
+    await one.session("open", name="plain", shell="/bin/sh")
+    r = await one.session("exec", name="plain", cmd="true")
+    assert r.is_error and "needs a bash session" in r.text, r.text
+    await one.session("write", name="plain", text="echo from-sh-$((6*7))\n")
+    seen, _ = await read_until(one, "plain", lambda t, _r: "from-sh-42" in t)
+
+
 async def test_bad_input_gets_clear_errors(one):
     r = await one.session("exec", name="nope", cmd="true")
     assert r.is_error and "session action=open" in r.text
