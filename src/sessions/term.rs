@@ -370,11 +370,15 @@ impl Term {
     /// A command runs, output has been quiet for a moment, and the
     /// foreground program is blocked reading the terminal.
     fn waiting(&self, s: &State) -> bool {
-        if s.exited.is_some() || s.last_output.elapsed() < QUIET_FOR_INPUT {
-            return false;
-        }
-        let running = matches!(s.phase, Phase::Running { .. }) || s.typed.is_some();
-        if !running {
+        // Quiet since the command started (or was typed: a continuation
+        // prompt counts too); right after typing, readline still holds the
+        // terminal and would look like a reader.
+        let since = match (s.phase, s.typed) {
+            (Phase::Running { since, .. }, _) => since,
+            (_, Some((_, _, at))) => at,
+            _ => return false,
+        };
+        if s.exited.is_some() || s.last_output.max(since).elapsed() < QUIET_FOR_INPUT {
             return false;
         }
         match self.probe.as_ref().and_then(|p| p()) {
@@ -739,6 +743,10 @@ mod tests {
     use super::*;
 
     fn term() -> (Arc<Term>, mpsc::Receiver<Input>, tempfile::TempDir) {
+        term_with(None)
+    }
+
+    fn term_with(probe: Option<Probe>) -> (Arc<Term>, mpsc::Receiver<Input>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = mpsc::channel(8);
         let t = Term::new(
@@ -750,9 +758,32 @@ mod tests {
             1 << 20,
             1 << 16,
             tx,
-            None,
+            probe,
         );
         (t, rx, dir)
+    }
+
+    #[tokio::test]
+    async fn a_command_is_not_waiting_for_input_before_it_had_time_to_ask() {
+        // The probe says "reading the terminal" all along, as readline does
+        // right after a command is typed; the session was quiet before.
+        let (t, _rx, _d) = term_with(Some(Box::new(|| Some(Reading::Yes))));
+        t.feed_side(b"E\x001\x000\x00/\x00");
+        t.feed_output(&[mark("1"), b"\x1b[?2004h$ ".to_vec()].concat());
+        tokio::time::sleep(QUIET_FOR_INPUT + Duration::from_millis(50)).await;
+        let r = t
+            .handle(Request::Exec {
+                cmd: "x".into(),
+                wait_ms: 200,
+                max_output: 100,
+            })
+            .await;
+        let Response::Exec(r) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(r.state, "running");
+        tokio::time::sleep(QUIET_FOR_INPUT).await;
+        assert!(t.info().waiting_for_input, "quiet long enough after typing");
     }
 
     fn mark(t: &str) -> Vec<u8> {
