@@ -92,6 +92,9 @@ struct Inner {
     opening: tokio::sync::Mutex<()>,
 }
 
+/// Closed sessions whose transcripts are kept (newest first).
+const KEEP_CLOSED: usize = 32;
+
 /// How long a request may take beyond its own wait.
 const SLACK: Duration = Duration::from_secs(10);
 
@@ -159,7 +162,24 @@ impl Sessions {
             }
             let _ = self.live(&row).await;
         }
+        self.prune();
         Ok(())
+    }
+
+    /// Remove the directories (transcripts) and rows of closed sessions
+    /// beyond the newest [`KEEP_CLOSED`], so disk use stays bounded.
+    fn prune(&self) {
+        let Ok(old) = self.inner.store.closed_terms_beyond(KEEP_CLOSED) else {
+            return;
+        };
+        for row in old {
+            let dir = Path::new(&row.dir);
+            // Only ever a directory this manager made.
+            if dir.parent() == Some(self.inner.dir.as_path()) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            let _ = self.inner.store.delete_term(&row.id);
+        }
     }
 
     /// Is the session of `row` alive? A dead one's row is closed with the
@@ -193,6 +213,7 @@ impl Sessions {
                 transcript: Path::new(&row.dir).join(proto::TRANSCRIPT),
             });
         }
+        self.prune();
         let open = self.inner.store.list_terms(0)?.len();
         if open >= self.inner.cfg.max_open {
             return Err(SessionError::Invalid(format!(

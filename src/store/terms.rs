@@ -105,4 +105,72 @@ impl Store {
             Ok(n == 1)
         })
     }
+
+    /// Closed sessions beyond the newest `keep` (oldest first): their
+    /// directories are due for removal.
+    pub fn closed_terms_beyond(&self, keep: usize) -> Result<Vec<TermRow>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM terms WHERE closed_ms IS NOT NULL \
+                 ORDER BY closed_ms DESC LIMIT -1 OFFSET ?1"
+            ))?
+            .query_map([keep as i64], from_row)?
+            .collect()
+        })
+    }
+
+    pub fn delete_term(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| c.execute("DELETE FROM terms WHERE id = ?1", [id]).map(drop))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, name: &str) -> TermRow {
+        TermRow {
+            id: id.into(),
+            name: name.into(),
+            host: "local".into(),
+            dir: format!("/x/{id}"),
+            shell: "/bin/bash".into(),
+            sup_pid: Some(1),
+            sup_start: Some(2),
+            created_ms: 1,
+            closed_ms: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn one_open_session_per_name_and_old_closed_ones_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        assert!(store.insert_term(&row("a-1", "a")).unwrap());
+        assert!(
+            !store.insert_term(&row("a-2", "a")).unwrap(),
+            "(host, name) is taken"
+        );
+        assert_eq!(store.open_term("local", "a").unwrap().unwrap().id, "a-1");
+        assert!(store.close_term("a-1", "closed", 10).unwrap());
+        assert!(
+            !store.close_term("a-1", "again", 11).unwrap(),
+            "a closed row stays as it was"
+        );
+        assert!(
+            store.insert_term(&row("a-2", "a")).unwrap(),
+            "the name is free again"
+        );
+        store.close_term("a-2", "idle", 20).unwrap();
+        let beyond = store.closed_terms_beyond(1).unwrap();
+        assert_eq!(
+            beyond.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["a-1"]
+        );
+        store.delete_term("a-1").unwrap();
+        let all = store.list_terms(10).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].reason.as_deref(), Some("idle"));
+    }
 }
