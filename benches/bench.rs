@@ -24,6 +24,9 @@
 //! 9. `ssh`: through a real `sshd` on 127.0.0.1: fan-out `uptime` on 50
 //!    aliases cold and warm, cold connect, warm remote `bash true`, and the
 //!    OpenSSH client for reference.
+//! 10. `session`: warm `exec true` round trips in a local terminal session,
+//!     and the RSS of the server and the session's host while the session
+//!     takes 10 MiB of output.
 //!
 //! Every server gets its own state directory under a temporary directory
 //! that is removed at the end; servers are stopped with SIGTERM (SIGKILL
@@ -42,6 +45,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod session_bench;
 mod ssh_bench;
 
 use mcpsh::files::Scope;
@@ -82,6 +86,8 @@ struct Opts {
     login_flood: u64,
     /// Run only the sections whose name contains this.
     only: Option<String>,
+    /// `--quick`: a smoke run.
+    quick: bool,
 }
 
 const USAGE: &str = "usage: mcpsh-bench [--server PATH] [--calls N] [--quick] [--only NAME]
@@ -147,6 +153,7 @@ fn parse_args() -> Result<Opts> {
         read_line: if quick { 1_000_000 } else { 10_000_000 },
         login_flood: if quick { 1_000 } else { 10_000 },
         only,
+        quick,
     })
 }
 
@@ -1191,11 +1198,18 @@ struct Peaks {
     supervisor_rss: u64,
     supervisor_hwm: u64,
     supervisors_seen: usize,
+    /// Largest VmRSS of the `also` process given to [`sample_memory`].
+    also_rss: u64,
     samples: usize,
 }
 
-/// Sample the server, its zygote and the zygote's children every ~20 ms until `stop`.
-fn sample_memory(server: u32, stop: Arc<AtomicBool>) -> thread::JoinHandle<Peaks> {
+/// Sample the server, its zygote and the zygote's children (and the process
+/// `also`, if given) every ~20 ms until `stop`.
+fn sample_memory(
+    server: u32,
+    also: Option<u32>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Peaks> {
     thread::spawn(move || {
         let mut p = Peaks::default();
         let mut zygote = None;
@@ -1203,6 +1217,9 @@ fn sample_memory(server: u32, stop: Arc<AtomicBool>) -> thread::JoinHandle<Peaks
         while !stop.load(Ordering::Relaxed) {
             if let Some((rss, _)) = mem(server) {
                 p.server_rss = p.server_rss.max(rss);
+            }
+            if let Some((rss, _)) = also.and_then(mem) {
+                p.also_rss = p.also_rss.max(rss);
             }
             if zygote.is_none() {
                 zygote = zygote_children(server).first().copied();
@@ -1247,7 +1264,7 @@ fn bench_memory(rep: &mut Report, o: &Opts, tmp: &TempDir) -> Result<()> {
     let baseline = mem(pid).ok_or("cannot read the server's /proc status")?.0;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_memory(pid, stop.clone());
+    let sampler = sample_memory(pid, None, stop.clone());
     let size = format!("{:.0} MiB", mib(o.job_bytes));
     let cmd = format!(
         "yes {} | head -c {}",
@@ -2255,7 +2272,7 @@ fn main() -> std::process::ExitCode {
     let mut rep = Report::default();
     let load0 = loadavg();
     type Section = fn(&mut Report, &Opts, &TempDir) -> Result<()>;
-    let sections: [(&str, Section); 9] = [
+    let sections: [(&str, Section); 10] = [
         ("HTTP round trips", bench_http),
         ("spawn floor", bench_floor),
         ("stdio round trips", bench_stdio),
@@ -2265,6 +2282,7 @@ fn main() -> std::process::ExitCode {
         ("file read", bench_file_read),
         ("auth", bench_auth),
         ("ssh", ssh_bench::bench_ssh),
+        ("session", session_bench::bench_session),
     ];
     for (name, f) in sections {
         if o.only

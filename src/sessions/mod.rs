@@ -437,11 +437,11 @@ impl Sessions {
         let sock = Path::new(&row.dir).join(CONTROL_SOCKET);
         let _ = socket::call(&sock, &Request::Close, SLACK).await;
         // The host writes why it ended; give it a moment.
-        for _ in 0..50 {
+        for _ in 0..250 {
             if Path::new(&row.dir).join(STATUS_FILE).exists() || !sock.exists() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let reason = "closed".to_owned();
         self.inner
