@@ -22,7 +22,7 @@ use super::remote::{self, EndedBy, RemoteJob};
 use super::spool::SpoolReader;
 use super::{JobError, id, lock, now_ms, procs, zygote::Zygote};
 use crate::config::JobsConfig;
-use crate::ssh::Pool;
+use crate::ssh::{Pool, RemoteProc, Run};
 use crate::store::{JobEnd, JobRow, JobStatus, Store};
 
 /// Live view of a running job, published by its watcher.
@@ -399,14 +399,33 @@ impl Jobs {
             Ok(e) => e,
             Err(e) => return fail(e).await,
         };
-        let ch = match pool.exec(&req.host, &exec, req.tty).await {
-            Ok(ch) => ch,
-            Err(e) => return fail(JobError::Spawn(e.to_string())).await,
+        // A command that reads nothing and needs no terminal goes through
+        // the connection's exec agent when it runs: no channel, login shell
+        // or sh to start (see `ssh/agent.rs`).
+        let fast = match (req.tty, &req.stdin) {
+            (None, StdinMode::Null) => {
+                let run = match super::direct::plain_words(&req.cmd) {
+                    Some(words) => Run::Argv(words.into_iter().map(str::to_owned).collect()),
+                    None => Run::Shell(req.cmd.clone()),
+                };
+                pool.fast(&req.host, cwd.as_deref(), &env, run).await
+            }
+            _ => None,
         };
-        let stdin = ch.stdin();
-        if let Err(e) = remote::feed_stdin(&stdin, &req.stdin, req.tty.is_some()).await {
-            return fail(JobError::Spawn(e)).await;
-        }
+        let (ch, stdin) = match fast {
+            Some(p) => (RemoteProc::Agent(p), None),
+            None => {
+                let ch = match pool.exec(&req.host, &exec, req.tty).await {
+                    Ok(ch) => ch,
+                    Err(e) => return fail(JobError::Spawn(e.to_string())).await,
+                };
+                let stdin = ch.stdin();
+                if let Err(e) = remote::feed_stdin(&stdin, &req.stdin, req.tty.is_some()).await {
+                    return fail(JobError::Spawn(e)).await;
+                }
+                (RemoteProc::Channel(ch), Some(stdin))
+            }
+        };
         // The server owns the job: a restart finds it lost.
         if let Some((pid, start)) = server_identity() {
             let store = inner.store.clone();
@@ -760,6 +779,12 @@ impl Jobs {
     }
 
     async fn control_remote(&self, row: &JobRow, req: Request) -> Result<Event, JobError> {
+        let closed_stdin = || {
+            JobError::Control(
+                "this job's stdin is closed (it was started without interactive=true or tty=true)"
+                    .into(),
+            )
+        };
         let job = lock(&self.inner.remote).get(&row.id).cloned();
         let (Some(job), Some(pool)) = (job, self.inner.ssh.clone()) else {
             return Err(JobError::Control(format!(
@@ -774,16 +799,18 @@ impl Jobs {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(data)
                     .map_err(|e| JobError::Invalid(format!("bad write data: {e}")))?;
+                let stdin = job.stdin.as_ref().ok_or_else(closed_stdin)?;
                 if !bytes.is_empty() {
-                    job.stdin.write(&bytes).await.map_err(control)?;
+                    stdin.write(&bytes).await.map_err(control)?;
                 }
                 if eof {
-                    job.stdin.eof().await.map_err(control)?;
+                    stdin.eof().await.map_err(control)?;
                 }
                 Ok(Event::Ok { detail: None })
             }
             Request::Resize { cols, rows } => {
-                job.stdin.resize(cols, rows).await.map_err(control)?;
+                let stdin = job.stdin.as_ref().ok_or_else(closed_stdin)?;
+                stdin.resize(cols, rows).await.map_err(control)?;
                 Ok(Event::Ok { detail: None })
             }
             Request::Signal { signal } => {

@@ -30,7 +30,8 @@ pub(super) enum EndedBy {
 /// A running remote job, as the server holds it.
 pub(super) struct RemoteJob {
     pub alias: String,
-    pub stdin: Stdin,
+    /// Its input, for a job on its own channel (agent jobs read /dev/null).
+    pub stdin: Option<Stdin>,
     /// The remote shell's pid, once the wrapper printed it.
     pub pid: watch::Receiver<Option<u32>>,
     pub ended_by: Mutex<Option<(EndedBy, KillReport)>>,
@@ -226,7 +227,7 @@ pub(super) struct Driver {
 
 /// Follows a remote job's channel to its end: spools its output, publishes
 /// progress, enforces `timeout`, and returns its exit status.
-pub(super) async fn drive(d: Driver, mut ch: crate::ssh::Channel, mut sink: Sink) -> ExitStatus {
+pub(super) async fn drive(d: Driver, mut ch: crate::ssh::RemoteProc, mut sink: Sink) -> ExitStatus {
     let Driver {
         pool,
         job,

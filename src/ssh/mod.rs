@@ -2,6 +2,7 @@
 //! checking with OpenSSH's known_hosts semantics (`known_hosts/`). The only
 //! module that will know russh (the connection pool comes with the SSH issue).
 
+mod agent;
 pub mod cmdline;
 pub mod config;
 mod conn;
@@ -9,6 +10,7 @@ pub mod known_hosts;
 mod pool;
 pub mod sftp;
 
+pub use agent::{AgentProc, RemoteProc, Run};
 pub use conn::{ConnectTimings, known_name};
 pub use pool::{
     Captured, Channel, Chunk, ConnState, Pool, Scanned, SlotStream, Stdin, TestReport, Vanished,

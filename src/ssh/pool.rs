@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::agent::{Agent, AgentProc, AgentState, Run};
 use super::config::{HostConfig, Inventory, ResolveCtx};
 use super::conn::{self, Client, ConnectTimings, SeenKey};
 use super::known_hosts::KnownHosts;
@@ -72,10 +73,15 @@ pub(crate) struct Conn {
     permits: Arc<Semaphore>,
     cap: AtomicUsize,
     /// Milliseconds since the pool started, at the last channel open or close.
-    last_used: AtomicU64,
+    pub(crate) last_used: AtomicU64,
     connected_ms: u64,
     pub(crate) timings: ConnectTimings,
     pub(crate) key: SeenKey,
+    /// The exec agent of this connection (see `agent.rs`).
+    agent: Mutex<AgentState>,
+    /// Commands running through the agent: they hold no channel slot but
+    /// keep the connection from being closed as idle.
+    pub(crate) agent_jobs: AtomicUsize,
 }
 
 impl Conn {
@@ -113,7 +119,8 @@ pub struct Channel {
     pub(crate) read: russh::ChannelReadHalf,
     pub(crate) write: Arc<russh::ChannelWriteHalf<Msg>>,
     conn: Arc<Conn>,
-    _permit: OwnedSemaphorePermit,
+    /// Its slot in the connection's cap (none for the agent's own channel).
+    _permit: Option<OwnedSemaphorePermit>,
     pool: Pool,
 }
 
@@ -444,7 +451,7 @@ impl Pool {
         self.inventory().get(name).is_some()
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.inner.started.elapsed().as_millis() as u64
     }
 
@@ -473,6 +480,7 @@ impl Pool {
             let close = guard.as_ref().is_some_and(|c| {
                 c.ended().is_some()
                     || (c.in_use() == 0
+                        && c.agent_jobs.load(Ordering::Relaxed) == 0
                         && now.saturating_sub(c.last_used.load(Ordering::Relaxed)) >= idle_ms)
             });
             if close && let Some(c) = guard.take() {
@@ -591,6 +599,8 @@ impl Pool {
             connected_ms: self.now_ms(),
             timings,
             key,
+            agent: Mutex::new(AgentState::Idle),
+            agent_jobs: AtomicUsize::new(0),
         })
     }
 
@@ -638,7 +648,7 @@ impl Pool {
             read,
             write: Arc::new(write),
             conn,
-            _permit: permit,
+            _permit: Some(permit),
             pool: self.clone(),
         })
     }
@@ -696,6 +706,71 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Starts `run` through the exec agent of `alias`'s connection when it
+    /// is ready (no channel, login shell or `sh`: one fork and exec on the
+    /// host), for a command with stdin from `/dev/null` and no terminal.
+    /// `None` means use [`Pool::exec`]; the first call on a connection also
+    /// starts its agent in the background.
+    pub async fn fast(
+        &self,
+        alias: &str,
+        cwd: Option<&str>,
+        env: &[(String, String)],
+        run: Run,
+    ) -> Option<AgentProc> {
+        let conn = self.conn(alias).await.ok()?;
+        let agent = {
+            let mut state = lock(&conn.agent);
+            match &*state {
+                AgentState::Ready(a) if a.alive() => Some(a.clone()),
+                AgentState::Ready(_) | AgentState::Idle => {
+                    *state = AgentState::Starting;
+                    let (pool, conn) = (self.clone(), conn.clone());
+                    tokio::spawn(async move {
+                        let started = match pool.agent_channel(&conn).await {
+                            Ok(ch) => Agent::start(ch).await,
+                            Err(e) => Err(e.to_string()),
+                        };
+                        *lock(&conn.agent) = match started {
+                            Ok(a) => AgentState::Ready(a),
+                            Err(why) => {
+                                tracing::info!(
+                                    "exec agent unavailable ({why}); commands use channels"
+                                );
+                                AgentState::Unavailable
+                            }
+                        };
+                    });
+                    None
+                }
+                AgentState::Starting | AgentState::Unavailable => None,
+            }
+        }?;
+        agent.spawn(cwd, env, run, conn, self.clone()).await.ok()
+    }
+
+    /// A channel running the exec agent; it takes no slot of the cap (the cap
+    /// stays below sshd's `MaxSessions` by more than one).
+    async fn agent_channel(&self, conn: &Arc<Conn>) -> Result<Channel, SshError> {
+        let fail = |e: russh::Error| SshError::Channel {
+            alias: String::new(),
+            message: e.to_string(),
+        };
+        let ch = conn.handle.channel_open_session().await.map_err(fail)?;
+        let (read, write) = ch.split();
+        write
+            .exec(false, super::agent::command().as_bytes())
+            .await
+            .map_err(fail)?;
+        Ok(Channel {
+            read,
+            write: Arc::new(write),
+            conn: conn.clone(),
+            _permit: None,
+            pool: self.clone(),
+        })
     }
 
     /// Starts `exec` (a string from [`super::cmdline`]) on `alias`, under a

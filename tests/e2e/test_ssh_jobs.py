@@ -357,3 +357,47 @@ async def test_injection_through_users_and_addresses_never_runs_anything(ssh_lab
     finally:
         server.cleanup()
     assert not canary.exists()
+
+
+async def agent_up(mcp, lab, host: str = "web1") -> None:
+    """Run a command (which starts the connection's exec agent) and wait for the agent."""
+    await mcp.bash("true", host=host)
+    deadline = time.monotonic() + 10
+    while not lab.remote_pids("mcpsh exec agent"):
+        assert time.monotonic() < deadline, "the exec agent did not start"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # its ready frame
+
+
+async def test_commands_run_through_the_exec_agent_with_the_same_semantics(one_mcp, ssh_lab):
+    mcp = one_mcp
+    await agent_up(mcp, ssh_lab)
+    r = await mcp.bash("ps -o comm= -p $PPID", host="web1")
+    assert r["output"].strip() == "perl", f"not started by the agent: {r.text}"
+    r = await mcp.bash("echo $MCPSH_JOB; pwd; echo $A_B", host="web1", cwd="/tmp", env={"A_B": "it's $(x)"})
+    assert r["output"].splitlines() == [r["job"], "/tmp", "it's $(x)"], r.text
+    r = await mcp.bash("exit 3", host="web1")
+    assert (r["status"], r["exit_code"], r.is_error) == ("exited", 3, True)
+    r = await mcp.bash("kill -TERM $$", host="web1")
+    assert r["status"] in ("exited", "failed") and r.is_error, r.text
+    r = await mcp.bash("true", host="web1", cwd="/does/not/exist")
+    assert r["exit_code"] == 126 and "/does/not/exist" in r["output"], r.text
+    r = await mcp.bash("no-such-command-xyz", host="web1")
+    assert r["exit_code"] == 127, r.text
+    r = await mcp.bash("read x", host="web1")
+    assert r["exit_code"] != 0, "stdin is /dev/null through the agent too"
+    r = await mcp.bash("seq 1 200000 | sha256sum; echo err >&2", host="web1", wait=30)
+    assert r["exit_code"] == 0 and "err" in r["output"], r.text
+    # timeout and kill end the whole remote tree, as on a channel
+    m = marker()
+    r = await mcp.bash(f"(setsid sh -c 'sleep 300.{m}' &) ; sleep 301.{m}", host="web1", timeout=2, wait=20)
+    assert r["status"] == "timed_out", r.text
+    assert ssh_lab.wait_no_remote_pids(m, timeout=5) == []
+    rs = await asyncio.gather(*(mcp.bash(f"echo n{i}", host="web1", wait=40) for i in range(50)))
+    assert [x["output"] for x in rs] == [f"n{i}\n" for i in range(50)]
+    # the connection dies: a running agent job is lost with the reason
+    r = await mcp.bash("sleep 120", host="web1", wait=1)
+    assert r["status"] == "running"
+    ssh_lab["web1"].kill()
+    done, _ = await mcp.wait_done(r["job"], timeout=40)
+    assert done["status"] == "lost" and "web1" in done.text, done.text

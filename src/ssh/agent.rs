@@ -1,0 +1,383 @@
+//! The exec agent: a small Perl program (`agent.pl`, nothing installed: it
+//! is sent with `perl -e`) that runs on a host for the life of one pooled
+//! connection and starts commands itself. A command through the agent costs
+//! one fork and exec on the host; through a new channel it costs sshd's
+//! fork, the login shell and `/bin/sh` as well (about 5 ms here).
+//!
+//! The agent is optional: it is started in the background after a
+//! connection's first command, and hosts without Perl (or whose agent dies)
+//! keep the channel path. Only commands with stdin from `/dev/null` and no
+//! terminal use it; their output and exit come back as the same [`Chunk`]s a
+//! channel gives, the pid first as a line, as the channel wrapper prints it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::lock;
+use super::pool::{Channel, Chunk, Conn, Pool, Stdin, Vanished};
+
+const SCRIPT: &str = include_str!("agent.pl");
+/// How long a starting agent may take to say it is ready.
+const READY_WAIT: Duration = Duration::from_secs(5);
+/// Largest frame accepted from a host (the agent sends at most 64 KiB of output).
+const MAX_FRAME: usize = 1 << 20;
+
+/// Where a connection's agent stands.
+#[derive(Default)]
+pub(crate) enum AgentState {
+    #[default]
+    Idle,
+    Starting,
+    Ready(Arc<Agent>),
+    /// This host cannot run it (no Perl, or it failed to start).
+    Unavailable,
+}
+
+/// What the agent runs: words as they are, or a command line for its shell.
+pub enum Run {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+enum Frame {
+    Pid(u32),
+    Out(Bytes),
+    Exit(Option<u32>, Option<String>),
+}
+
+/// A running agent.
+pub(crate) struct Agent {
+    input: Stdin,
+    /// One frame at a time: a frame larger than an SSH packet must not
+    /// interleave with another.
+    writing: tokio::sync::Mutex<()>,
+    jobs: Mutex<HashMap<u32, mpsc::Sender<Frame>>>,
+    next: AtomicU32,
+    /// `bash` when the host has it, else `sh`.
+    shell: String,
+    ended: Mutex<Option<String>>,
+}
+
+/// The exec string that starts the agent.
+pub(crate) fn command() -> String {
+    super::cmdline::argv(&["perl", "-e", SCRIPT]).unwrap_or_default()
+}
+
+impl Agent {
+    /// Wait for the agent on `ch` (already running [`command`]) to be
+    /// ready, then serve it from a task. Errors say why the host cannot.
+    pub(crate) async fn start(mut ch: Channel) -> Result<Arc<Agent>, String> {
+        let mut buf = BytesMut::new();
+        let ready = tokio::time::timeout(READY_WAIT, async {
+            loop {
+                match ch.next().await {
+                    Ok(Some(Chunk::Stdout(d))) => {
+                        buf.extend_from_slice(&d);
+                        if let Some((b'R', _, payload)) = take_frame(&mut buf)? {
+                            return Ok(String::from_utf8_lossy(&payload).into_owned());
+                        }
+                    }
+                    Ok(Some(Chunk::Stderr(d))) => {
+                        return Err(String::from_utf8_lossy(&d).trim().to_owned());
+                    }
+                    Ok(Some(Chunk::Exit { code, .. })) => {
+                        return Err(format!("the agent exited with {code:?}"));
+                    }
+                    Ok(None) => return Err("the agent's channel closed".into()),
+                    Err(v) => return Err(v.reason),
+                }
+            }
+        })
+        .await
+        .map_err(|_| "the agent did not start within 5 s".to_owned())??;
+        let shell = match ready.split_whitespace().nth(1) {
+            Some("bash") => "bash",
+            _ => "sh",
+        };
+        let agent = Arc::new(Agent {
+            input: ch.stdin(),
+            writing: tokio::sync::Mutex::new(()),
+            jobs: Mutex::new(HashMap::new()),
+            next: AtomicU32::new(1),
+            shell: shell.to_owned(),
+            ended: Mutex::new(None),
+        });
+        tokio::spawn(serve(agent.clone(), ch, buf));
+        Ok(agent)
+    }
+
+    pub(crate) fn alive(&self) -> bool {
+        lock(&self.ended).is_none()
+    }
+
+    /// Start `run` in `cwd` with `env`; its output and exit come from the
+    /// returned process.
+    pub(crate) async fn spawn(
+        self: &Arc<Self>,
+        cwd: Option<&str>,
+        env: &[(String, String)],
+        run: Run,
+        conn: Arc<Conn>,
+        pool: Pool,
+    ) -> Result<AgentProc, String> {
+        let argv = match run {
+            Run::Argv(a) => a,
+            Run::Shell(cmd) => vec![self.shell.clone(), "-c".into(), cmd],
+        };
+        let fields = std::iter::once(cwd.unwrap_or("").to_owned())
+            .chain(std::iter::once(env.len().to_string()))
+            .chain(env.iter().flat_map(|(k, v)| [k.clone(), v.clone()]))
+            .chain(std::iter::once(argv.len().to_string()))
+            .chain(argv);
+        let mut payload = Vec::new();
+        for f in fields {
+            if f.contains('\0') {
+                return Err("a NUL byte cannot be passed to a command".into());
+            }
+            payload.extend_from_slice(f.as_bytes());
+            payload.push(0);
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(64);
+        lock(&self.jobs).insert(id, tx);
+        conn.agent_jobs.fetch_add(1, Ordering::Relaxed);
+        let proc = AgentProc {
+            id,
+            rx,
+            agent: self.clone(),
+            conn,
+            pool,
+            pid_sent: false,
+        };
+        let _one = self.writing.lock().await;
+        self.input
+            .write(&frame(b'S', id, &payload))
+            .await
+            .map_err(|e| format!("the agent is gone: {e}"))?;
+        Ok(proc)
+    }
+}
+
+fn frame(kind: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(9 + payload.len());
+    f.extend_from_slice(&(5 + payload.len() as u32).to_be_bytes());
+    f.push(kind);
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// One whole frame off the front of `buf`, if there is one.
+fn take_frame(buf: &mut BytesMut) -> Result<Option<(u8, u32, Bytes)>, String> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if !(5..=MAX_FRAME).contains(&len) {
+        return Err(format!("the agent sent a bad frame (length {len})"));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut f = buf.split_to(len);
+    let kind = f[0];
+    let id = u32::from_be_bytes([f[1], f[2], f[3], f[4]]);
+    f.advance(5);
+    Ok(Some((kind, id, f.freeze())))
+}
+
+/// Read the agent's frames and hand each to its command, until the channel ends.
+async fn serve(agent: Arc<Agent>, mut ch: Channel, mut buf: BytesMut) {
+    let why = loop {
+        loop {
+            match take_frame(&mut buf) {
+                Ok(Some((kind, id, payload))) => dispatch(&agent, kind, id, payload).await,
+                Ok(None) => break,
+                Err(e) => {
+                    buf.clear();
+                    tracing::warn!("{e}");
+                    break;
+                }
+            }
+        }
+        match ch.next().await {
+            Ok(Some(Chunk::Stdout(d))) => buf.extend_from_slice(&d),
+            Ok(Some(Chunk::Stderr(d))) => {
+                tracing::debug!("exec agent: {}", String::from_utf8_lossy(&d).trim());
+            }
+            Ok(Some(Chunk::Exit { code, .. })) => {
+                break format!("the exec agent exited ({code:?})");
+            }
+            Ok(None) => break "the exec agent's channel closed".to_owned(),
+            Err(v) => break v.reason,
+        }
+    };
+    *lock(&agent.ended) = Some(why);
+    // Commands still running hear that the agent is gone.
+    lock(&agent.jobs).clear();
+}
+
+async fn dispatch(agent: &Agent, kind: u8, id: u32, payload: Bytes) {
+    let frame = match kind {
+        b'P' => match std::str::from_utf8(&payload)
+            .ok()
+            .and_then(|p| p.parse().ok())
+        {
+            Some(pid) => Frame::Pid(pid),
+            None => return,
+        },
+        b'O' => Frame::Out(payload),
+        b'X' => {
+            let text = String::from_utf8_lossy(&payload);
+            let (code, signal) = match text.split_at_checked(1) {
+                Some(("c", n)) => (n.parse().ok(), None),
+                Some(("s", n)) => (None, Some(signal_name(n))),
+                _ => (None, None),
+            };
+            Frame::Exit(code, signal)
+        }
+        _ => return,
+    };
+    let tx = lock(&agent.jobs).get(&id).cloned();
+    if let Some(tx) = tx {
+        let last = matches!(frame, Frame::Exit(..));
+        // Waits while the job's reader is behind: the agent's output then
+        // waits in the SSH window, never in memory here.
+        let _ = tx.send(frame).await;
+        if last {
+            lock(&agent.jobs).remove(&id);
+        }
+    }
+}
+
+/// Signal names as a channel's exit-signal gives them.
+fn signal_name(n: &str) -> String {
+    match n {
+        "1" => "HUP",
+        "2" => "INT",
+        "3" => "QUIT",
+        "4" => "ILL",
+        "6" => "ABRT",
+        "8" => "FPE",
+        "9" => "KILL",
+        "10" => "USR1",
+        "11" => "SEGV",
+        "12" => "USR2",
+        "13" => "PIPE",
+        "14" => "ALRM",
+        "15" => "TERM",
+        other => return format!("SIG{other}"),
+    }
+    .to_owned()
+}
+
+/// A remote command: on its own channel, or started by the exec agent.
+pub enum RemoteProc {
+    Channel(Channel),
+    Agent(AgentProc),
+}
+
+impl RemoteProc {
+    /// The next thing the command sent (see [`Channel::next`]).
+    pub async fn next(&mut self) -> Result<Option<Chunk>, Vanished> {
+        match self {
+            RemoteProc::Channel(c) => c.next().await,
+            RemoteProc::Agent(a) => a.next().await,
+        }
+    }
+}
+
+/// A command started by the agent.
+pub struct AgentProc {
+    id: u32,
+    rx: mpsc::Receiver<Frame>,
+    agent: Arc<Agent>,
+    conn: Arc<Conn>,
+    pool: Pool,
+    pid_sent: bool,
+}
+
+impl AgentProc {
+    /// The next thing the command sent, as a channel would give it: its pid
+    /// as a first line, output, the exit, then `None`.
+    pub async fn next(&mut self) -> Result<Option<Chunk>, Vanished> {
+        match self.rx.recv().await {
+            Some(Frame::Pid(pid)) if !self.pid_sent => {
+                self.pid_sent = true;
+                Ok(Some(Chunk::Stdout(Bytes::from(format!("{pid}\n")))))
+            }
+            Some(Frame::Pid(_)) => Ok(Some(Chunk::Stdout(Bytes::new()))),
+            Some(Frame::Out(d)) => Ok(Some(Chunk::Stdout(d))),
+            Some(Frame::Exit(code, signal)) => Ok(Some(Chunk::Exit { code, signal })),
+            None if self.agent.alive() => Ok(None),
+            None => Err(Vanished {
+                reason: self
+                    .conn
+                    .ended()
+                    .or_else(|| lock(&self.agent.ended).clone())
+                    .unwrap_or_else(|| "the exec agent ended".into()),
+            }),
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        lock(&self.agent.jobs).remove(&self.id);
+        self.conn.agent_jobs.fetch_sub(1, Ordering::Relaxed);
+        self.conn
+            .last_used
+            .store(self.pool.now_ms(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_across_reads() {
+        let mut all = frame(b'P', 7, b"123");
+        all.extend(frame(b'O', 7, b"hi\n"));
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in all {
+            buf.extend_from_slice(&[b]);
+            while let Some((k, id, p)) = take_frame(&mut buf).unwrap() {
+                got.push((k, id, p.to_vec()));
+            }
+        }
+        assert_eq!(
+            got,
+            vec![(b'P', 7, b"123".to_vec()), (b'O', 7, b"hi\n".to_vec())]
+        );
+        let mut bad = BytesMut::from(&[0u8, 0, 0, 2, 1, 2][..]);
+        assert!(take_frame(&mut bad).is_err());
+    }
+
+    #[test]
+    fn the_script_is_valid_perl() {
+        if std::process::Command::new("perl")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            return; // no Perl on this machine: hosts like it use the channel path
+        }
+        let out = std::process::Command::new("perl")
+            .args(["-c", "-e", SCRIPT])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
