@@ -711,8 +711,9 @@ impl Pool {
     /// Starts `run` through the exec agent of `alias`'s connection when it
     /// is ready (no channel, login shell or `sh`: one fork and exec on the
     /// host), for a command with stdin from `/dev/null` and no terminal.
-    /// `None` means use [`Pool::exec`]; the first call on a connection also
-    /// starts its agent in the background.
+    /// `None` means use [`Pool::exec`]. Never connects: a connection's agent
+    /// is started (in the background) when the connection is used a second
+    /// time, so a host reached once costs nothing more.
     pub async fn fast(
         &self,
         alias: &str,
@@ -720,7 +721,7 @@ impl Pool {
         env: &[(String, String)],
         run: Run,
     ) -> Option<AgentProc> {
-        let conn = self.conn(alias).await.ok()?;
+        let conn = self.live_conn(alias)?;
         let agent = {
             let mut state = lock(&conn.agent);
             match &*state {
@@ -749,6 +750,13 @@ impl Pool {
             }
         }?;
         agent.spawn(cwd, env, run, conn, self.clone()).await.ok()
+    }
+
+    /// The pooled connection of `alias` if it is up (never waits or connects).
+    fn live_conn(&self, alias: &str) -> Option<Arc<Conn>> {
+        let slot = lock(&self.inner.slots).get(alias).cloned()?;
+        let guard = slot.conn.try_lock().ok()?;
+        guard.as_ref().filter(|c| c.ended().is_none()).cloned()
     }
 
     /// A channel running the exec agent; it takes no slot of the cap (the cap

@@ -360,7 +360,9 @@ async def test_injection_through_users_and_addresses_never_runs_anything(ssh_lab
 
 
 async def agent_up(mcp, lab, host: str = "web1") -> None:
-    """Run a command (which starts the connection's exec agent) and wait for the agent."""
+    """Use the connection twice (the second use starts its exec agent) and wait for the agent."""
+    await mcp.bash("true", host=host)
+    assert not lab.remote_pids("mcpsh exec agent"), "a host reached once gets no agent"
     await mcp.bash("true", host=host)
     deadline = time.monotonic() + 10
     while not lab.remote_pids("mcpsh exec agent"):
