@@ -17,7 +17,13 @@ use crate::ssh::{Chunk, Pool};
 /// The side channel's command: a private directory with a FIFO, its path
 /// on the first line, then whatever the shell's hooks write to it.
 const SIDE: &str = "umask 077; d=$(mktemp -d \"${TMPDIR:-/tmp}/mcpsh.XXXXXXXX\") || exit 1; \
-    mkfifo -m 600 \"$d/side\" || exit 1; printf '%s\\n' \"$d/side\"; exec cat -- \"$d/side\"";
+    mkfifo -m 600 \"$d/side\" || exit 1; printf '%s %s\\n' \"$$\" \"$d/side\"; exec cat -- \"$d/side\"";
+
+/// Run when a session ends: `$1` the side channel's `cat`, `$2` its FIFO.
+/// The FIFO still there means the shell never opened it, so `cat` still
+/// waits for a writer and is killed; the private directory goes either way.
+const CLEANUP: &str = "d=${2%/*}; case \"$d\" in /*/mcpsh.*) ;; *) exit 0 ;; esac; \
+    [ -p \"$2\" ] && kill \"$1\" 2>/dev/null; rm -rf -- \"$d\"";
 
 /// Start the session of `spec` on `alias`; the returned term is fed by a
 /// task on `tracker` until the shell ends.
@@ -33,7 +39,7 @@ pub(super) async fn open(
         .await
         .map_err(|e| e.to_string())?;
     let mut first = Vec::new();
-    let fifo = loop {
+    let first_line = loop {
         let next = tokio::time::timeout(Duration::from_secs(10), side.next()).await;
         match next {
             Ok(Ok(Some(Chunk::Stdout(d)))) => {
@@ -61,6 +67,27 @@ pub(super) async fn open(
             Err(_) => return Err(format!("{alias} did not answer the session set-up in 10 s")),
         }
     };
+    // `PID PATH`: the side channel's `cat`, and the FIFO it waits on.
+    let Some((cat_pid, fifo)) = first_line
+        .split_once(' ')
+        .and_then(|(p, f)| Some((p.parse::<u32>().ok()?, f.to_owned())))
+    else {
+        return Err(format!(
+            "the session set-up on {alias} answered {first_line:?}"
+        ));
+    };
+    // Until the shell opens the FIFO (and removes it), `cat` waits for it:
+    // if the shell never does, this ends both.
+    let pid = cat_pid.to_string();
+    let cleanup = crate::ssh::cmdline::argv(&[
+        "sh",
+        "-c",
+        CLEANUP,
+        "mcpsh-side-cleanup",
+        pid.as_str(),
+        fifo.as_str(),
+    ])
+    .unwrap_or_default();
     let command = shell_command(spec, &fifo)?;
     let mut pty = pool
         .exec(alias, &command, Some((spec.cols, spec.rows)))
@@ -83,7 +110,7 @@ pub(super) async fn open(
     }
     let t = term.clone();
     let idle_secs = spec.idle_secs;
-    let (pool, alias, id) = (pool.clone(), alias.to_owned(), spec.session.clone());
+    let (pool, host, id) = (pool.clone(), alias.to_owned(), spec.session.clone());
     tracker.spawn(async move {
         let input = pty.stdin();
         let mut side_open = true;
@@ -125,13 +152,21 @@ pub(super) async fn open(
         if pid > 0 && !reason.starts_with("the SSH connection was lost") {
             let grace = Duration::from_millis(500);
             if let Err(e) =
-                crate::jobs::kill_remote_tree(&pool, &alias, pid as u32, &id, grace).await
+                crate::jobs::kill_remote_tree(&pool, &host, pid as u32, &id, grace).await
             {
-                tracing::warn!(host = %alias, "could not end the session's processes: {e}");
+                tracing::warn!(host = %host, "could not end the session's processes: {e}");
             }
+        }
+        if !reason.starts_with("the SSH connection was lost") {
+            let _ = pool.run(&host, &cleanup, b"", 1024).await;
         }
         t.set_exited(reason);
     });
+    if let Err(why) = term.wait_started(Duration::from_secs(15)).await {
+        let _ = term.handle(super::proto::Request::Close).await;
+        let _ = term.wait_exit().await;
+        return Err(format!("the session shell on {alias} did not start: {why}"));
+    }
     Ok(term)
 }
 

@@ -249,6 +249,31 @@ impl Term {
         lock(&self.state).shell_pid
     }
 
+    /// Wait until the shell has reported its pid (it runs its start-up
+    /// files first) or ended; `Err` says why it is not up.
+    pub async fn wait_started(&self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(why) = self.exited() {
+                let screen = screen_tail(lock(&self.state).parser.screen(), 5);
+                return Err(format!("{why}; its terminal showed:\n{screen}"));
+            }
+            if self.shell_pid() > 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return Err(format!(
+                    "the shell did not start within {} s",
+                    within.as_secs()
+                ));
+            }
+        }
+    }
+
     /// Wait for the shell to end; returns why it did.
     pub async fn wait_exit(&self) -> String {
         loop {

@@ -286,6 +286,8 @@ async def test_the_same_session_on_an_ssh_host(ssh_lab):
     m = marker()
     try:
         async with server.connect("auto") as mcp:
+            r = await mcp.session("open", name="bad", host="web1", cwd="/does/not/exist")
+            assert r.is_error and "did not start" in r.text and "/does/not/exist" in r.text, r.text
             r = await mcp.session("open", name="r1", host="web1")
             assert not r.is_error and r["reused"] is False, r.text
             r = await mcp.session("exec", name="r1", host="web1", cmd="cd /tmp && export Y=2")
