@@ -6,6 +6,7 @@ import pty
 import select
 import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -34,7 +35,12 @@ async def read_until(mcp, name: str, pred, timeout: float = 20.0, **args):
             seen += r["text"]["head"] + r["text"].get("tail", "")
         if pred(seen, r):
             return seen, r
-        assert time.monotonic() < deadline, f"still waiting after {timeout}s; seen {seen!r}, last {r.text!r}"
+        if time.monotonic() >= deadline:
+            screen = await mcp.session("read", name=name, screen=True, **{k: v for k, v in args.items() if k == "host"})
+            procs = subprocess.run(["ps", "-eo", "pid,ppid,pgid,tpgid,stat,wchan:20,args"], capture_output=True, text=True).stdout
+            raise AssertionError(
+                f"still waiting after {timeout}s; seen {seen!r}, last {r.text!r}\nscreen:\n{screen.text}\nprocesses:\n{procs}"
+            )
 
 
 async def test_state_carries_over_between_execs(mcp):
