@@ -63,12 +63,15 @@ while (1) {
   my $rin = '';
   vec($rin, fileno(STDIN), 1) = 1;
   vec($rin, fileno($sr), 1) = 1;
-  my $linger;
+  # Waits are short while a command lingers (exited, output still open) or
+  # has closed its output but is not reaped yet; with commands running,
+  # children are looked for at least once a second whatever the signals do.
+  my $wait = %job ? 1 : undef;
   for my $j (values %job) {
     vec($rin, fileno($j->{fh}), 1) = 1 if $j->{open};
-    $linger = 1 if defined $j->{st};
+    $wait = 0.02 if defined $j->{st} || !$j->{open};
   }
-  my $n = select(my $rout = $rin, undef, undef, $linger ? 0.02 : undef);
+  my $n = select(my $rout = $rin, undef, undef, $wait);
   if ($n < 0) { next if $!{EINTR}; exit 1 }
   if ($n > 0 && vec($rout, fileno(STDIN), 1)) {
     my $got = sysread(STDIN, $in, 65536, length $in);
