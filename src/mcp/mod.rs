@@ -31,7 +31,8 @@ use crate::store::AuditEnd;
 const INSTRUCTIONS: &str = "mcpsh runs commands on real machines. `bash` runs a command as a job: it waits \
 up to `wait` seconds and returns the result, or a job id to follow with `job action=poll`. Output is \
 always bounded: an excerpt shows the head and tail and says exactly how to read what was left out. \
-Commands get stdin from /dev/null (no prompts), NO_COLOR=1 and PAGER=cat.";
+Commands get stdin from /dev/null (no prompts), NO_COLOR=1 and PAGER=cat. For work that needs a \
+persistent shell (cd, exported variables, a virtualenv, a REPL, a prompt to answer), use `session`.";
 
 /// What every tool needs: the engines, the audit log, and who is calling
 /// when the transport does not say (stdio and `--insecure-no-auth`: the
