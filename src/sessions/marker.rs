@@ -1,18 +1,20 @@
 //! The two halves of a session shell's integration protocol, as pure parsers.
 //!
-//! The shell's hooks (see `shell.rs`) report each command's start and end on
-//! a *side channel* (a pipe the terminal never sees): `S\0TOKEN\0` before a
-//! command runs and `E\0TOKEN\0STATUS\0CWD\0` before each prompt (and
-//! `P\0PID\0` once at start), TOKEN being
-//! fresh random digits drawn at that moment. The same hook also prints
-//! `ESC ] 6973 ; TOKEN BEL` into the terminal, which marks *where* in the
-//! output stream the event happened (terminal output and the side channel
-//! travel separately, so only an in-band mark orders them exactly).
+//! Before each prompt the shell's hook reports on a *side channel* (a pipe
+//! the terminal never sees) `E\0END\0STATUS\0CWD\0NEXT\0`: the command's
+//! end, its status and the cwd, with two tokens of fresh random digits —
+//! END, drawn now, and NEXT, which the next command line's `PS0` will print
+//! (`P\0PID\0` comes once at start). The hooks also print
+//! `ESC ] 6973 ; TOKEN BEL` into the terminal: END right away, NEXT when a
+//! command starts. Terminal output and the side channel travel separately,
+//! so only these in-band marks place the events exactly.
 //!
 //! Truth (exit status, cwd, which token) comes only from the side channel;
-//! an in-band mark only counts when its token was announced there. Output
-//! that imitates a mark cannot guess a token drawn after it was printed, so
-//! it can neither end a command early nor change its status.
+//! a mark only counts when its token was announced there, once. Output
+//! cannot guess an END token drawn after it was printed, so it can neither
+//! end a command early nor change its status; a NEXT token is printed
+//! before the command runs, so a copy printed by the command comes too late
+//! to count.
 
 /// Longest token accepted in an in-band mark.
 const MAX_TOKEN: usize = 40;
@@ -101,15 +103,17 @@ fn mark_at(b: &[u8]) -> Match {
 /// An event reported on the side channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Side {
-    /// A command line is about to run.
+    /// A command line is about to run (announced by the previous `End`).
     Start { token: String },
     /// The shell's pid, once at start.
     Pid { pid: i32 },
-    /// The shell is about to prompt: the last command's status and the cwd.
+    /// The shell is about to prompt: the last command's status, the cwd,
+    /// and the token the next command's start mark will carry.
     End {
         token: String,
         status: i32,
         cwd: String,
+        next: String,
     },
 }
 
@@ -133,8 +137,8 @@ impl SideParser {
             let f = String::from_utf8_lossy(&std::mem::take(&mut self.field)).into_owned();
             self.fields.push(f);
             let want = match self.fields[0].as_str() {
-                "S" | "P" => 2,
-                "E" => 4,
+                "P" => 2,
+                "E" => 5,
                 _ => {
                     // Not a record start: resynchronise on the next field.
                     self.fields.clear();
@@ -145,16 +149,20 @@ impl SideParser {
                 let first = self.fields[0].clone();
                 let mut f = std::mem::take(&mut self.fields).into_iter().skip(1);
                 let token = f.next().unwrap_or_default();
-                if want == 2 && first == "P" {
+                if first == "P" {
                     out.push(Side::Pid {
                         pid: token.parse().unwrap_or(0),
                     });
-                } else if want == 2 {
-                    out.push(Side::Start { token });
                 } else {
                     let status = f.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
                     let cwd = f.next().unwrap_or_default();
-                    out.push(Side::End { token, status, cwd });
+                    let next = f.next().unwrap_or_default();
+                    out.push(Side::End {
+                        token,
+                        status,
+                        cwd,
+                        next,
+                    });
                 }
             }
         }
@@ -216,26 +224,23 @@ mod tests {
     fn side_records_parse_across_reads_and_resync() {
         let mut p = SideParser::default();
         let all =
-            b"P\x00777\x00S\x0042\x00E\x0042\x007\x00/tmp/a b\nc\x00junk\x00E\x001\x000\x00/\x00";
+            b"P\x00777\x00junk\x00E\x0042\x007\x00/tmp/a b\nc\x0043\x00E\x001\x000\x00/\x002\x00";
         let mut got = Vec::new();
         for c in all.chunks(3) {
             got.extend(p.feed(c));
         }
+        let end = |token: &str, status, cwd: &str, next: &str| Side::End {
+            token: token.into(),
+            status,
+            cwd: cwd.into(),
+            next: next.into(),
+        };
         assert_eq!(
             got,
             vec![
                 Side::Pid { pid: 777 },
-                Side::Start { token: "42".into() },
-                Side::End {
-                    token: "42".into(),
-                    status: 7,
-                    cwd: "/tmp/a b\nc".into()
-                },
-                Side::End {
-                    token: "1".into(),
-                    status: 0,
-                    cwd: "/".into()
-                },
+                end("42", 7, "/tmp/a b\nc", "43"),
+                end("1", 0, "/", "2"),
             ]
         );
     }

@@ -1,7 +1,8 @@
 //! What a session's shell runs before its first prompt, and how a command is
-//! typed into it. The integration hooks are bash's own: `PS0` (expanded after
-//! a command line is read, before it runs) and `PROMPT_COMMAND` (before each
-//! prompt). See `marker.rs` for what they report and why it cannot be forged.
+//! typed into it. The integration hooks are bash's own: `PROMPT_COMMAND`
+//! (before each prompt: reports the end on the side channel) and `PS0`
+//! (expanded after a command line is read, before it runs: prints the start
+//! mark). See `marker.rs` for what they report and why it cannot be forged.
 
 /// The descriptor the side channel is on in the shell. High enough to miss
 /// the `exec 200>lock` idiom and bash's process substitutions (63 down).
@@ -24,16 +25,12 @@ pub fn rcfile(side: &Side) -> String {
 [ -r "$HOME/.bashrc" ] && . "$HOME/.bashrc"
 {open_side}printf 'P\0%s\0' "$$" >&{SIDE_FD}
 __mcpsh_tok() {{ __mcpsh_t="${{SRANDOM:-$RANDOM$RANDOM}}${{SRANDOM:-$RANDOM$RANDOM}}$RANDOM"; }}
-__mcpsh_pre() {{
-  __mcpsh_tok
-  printf 'S\0%s\0' "$__mcpsh_t" >&{SIDE_FD}
-  printf '\033]6973;%s\007' "$__mcpsh_t"
-}}
 __mcpsh_post() {{
-  local __mcpsh_rc=$?
-  __mcpsh_tok
-  printf 'E\0%s\0%s\0%s\0' "$__mcpsh_t" "$__mcpsh_rc" "$PWD" >&{SIDE_FD}
-  printf '\033]6973;%s\007' "$__mcpsh_t" >&2
+  local __mcpsh_rc=$? __mcpsh_end
+  __mcpsh_tok; __mcpsh_end=$__mcpsh_t
+  __mcpsh_tok; __mcpsh_next=$__mcpsh_t
+  printf 'E\0%s\0%s\0%s\0%s\0' "$__mcpsh_end" "$__mcpsh_rc" "$PWD" "$__mcpsh_next" >&{SIDE_FD}
+  printf '\033]6973;%s\007' "$__mcpsh_end" >&2
   return $__mcpsh_rc
 }}
 if [[ "$(declare -p PROMPT_COMMAND 2>/dev/null)" == "declare -a"* ]]; then
@@ -41,7 +38,8 @@ if [[ "$(declare -p PROMPT_COMMAND 2>/dev/null)" == "declare -a"* ]]; then
 else
   PROMPT_COMMAND="__mcpsh_post${{PROMPT_COMMAND:+; $PROMPT_COMMAND}}"
 fi
-PS0="${{PS0}}"'$(__mcpsh_pre)'
+# The start mark: expanded, not run, so a command line costs no fork.
+PS0="${{PS0}}"'\e]6973;${{__mcpsh_next}}\a'
 set +H
 bind 'set enable-bracketed-paste on' 2>/dev/null
 "#

@@ -650,11 +650,15 @@ impl State {
     /// Apply side-channel events in order, each once its mark has been seen.
     fn apply_queue(&mut self) {
         while let Some(ev) = self.queue.front() {
-            let token = match ev {
-                Side::Start { token } | Side::End { token, .. } => token,
-                Side::Pid { .. } => "",
-            };
-            let Some(i) = self.marks.iter().position(|(t, _)| t == token) else {
+            let Some(i) = self.mark_of(ev) else {
+                // A start whose end has its mark already never had its own
+                // (an empty line runs nothing): the stream is in order.
+                let skipped = matches!(ev, Side::Start { .. })
+                    && self.queue.get(1).is_some_and(|e| self.mark_of(e).is_some());
+                if skipped {
+                    self.queue.pop_front();
+                    continue;
+                }
                 return;
             };
             let (_, at) = self.marks.remove(i).unwrap_or_default();
@@ -665,6 +669,15 @@ impl State {
             };
             self.apply(ev, at);
         }
+    }
+
+    /// Where the mark of `ev` is among the unclaimed marks.
+    fn mark_of(&self, ev: &Side) -> Option<usize> {
+        let token = match ev {
+            Side::Start { token } | Side::End { token, .. } => token,
+            Side::Pid { .. } => return None,
+        };
+        self.marks.iter().position(|(t, _)| t == token)
     }
 
     fn apply(&mut self, ev: Side, at: u64) {
@@ -685,7 +698,13 @@ impl State {
                 };
             }
             Side::Pid { pid } => self.shell_pid = pid,
-            Side::End { status, cwd, .. } => {
+            Side::End {
+                status, cwd, next, ..
+            } => {
+                // The next command line's start comes before anything after this.
+                if !next.is_empty() {
+                    self.queue.push_front(Side::Start { token: next });
+                }
                 let done = match (self.phase, self.typed.take()) {
                     (Phase::Running { seq, start, since }, _) => Some(Done {
                         seq,
@@ -789,11 +808,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_empty_line_skips_its_start_and_a_repeated_start_mark_counts_once() {
+        let (t, _rx, _d) = term();
+        t.feed_side(b"E\x001\x000\x00/\x002\x00");
+        t.feed_output(&mark("1"));
+        // Enter on an empty line: no start mark, straight to the next end.
+        t.feed_output(&mark("3"));
+        t.feed_side(b"E\x003\x000\x00/a\x004\x00");
+        assert!(t.info().running.is_none() && t.info().cwd.as_deref() == Some("/a"));
+        // A command that prints its own start mark again, then ends with 5.
+        t.feed_output(&mark("4"));
+        assert_eq!(t.info().running.map(|r| r.seq), Some(1));
+        t.feed_output(&[b"x\r\n".to_vec(), mark("4"), mark("5")].concat());
+        t.feed_side(b"E\x005\x003\x00/b\x006\x00");
+        let info = t.info();
+        assert!(info.running.is_none(), "{info:?}");
+        assert_eq!(info.last.map(|l| (l.seq, l.exit_code)), Some((1, 3)));
+        // The next command starts with 6, not with the stale copy of 4.
+        t.feed_output(&mark("6"));
+        assert_eq!(t.info().running.map(|r| r.seq), Some(2));
+    }
+
+    #[tokio::test]
     async fn a_command_is_not_waiting_for_input_before_it_had_time_to_ask() {
         // The probe says "reading the terminal" all along, as readline does
         // right after a command is typed; the session was quiet before.
         let (t, _rx, _d) = term_with(Some(Box::new(|| Some(Reading::Yes))));
-        t.feed_side(b"E\x001\x000\x00/\x00");
+        t.feed_side(b"E\x001\x000\x00/\x002\x00");
         t.feed_output(&[mark("1"), b"\x1b[?2004h$ ".to_vec()].concat());
         tokio::time::sleep(QUIET_FOR_INPUT + Duration::from_millis(50)).await;
         let r = t
@@ -819,7 +860,7 @@ mod tests {
     async fn exec_output_and_status_come_from_matched_marks_only() {
         let (t, mut rx, _d) = term();
         // First prompt.
-        t.feed_side(b"E\x001\x000\x00/home\x00");
+        t.feed_side(b"E\x001\x000\x00/home\x0022\x00");
         t.feed_output(&[mark("1"), b"$ ".to_vec()].concat());
         let t2 = t.clone();
         let exec = tokio::spawn(async move {
@@ -836,24 +877,23 @@ mod tests {
         // its mark *before* the side record (the channels race).
         t.feed_output(b"x\r\n");
         t.feed_output(&mark("22"));
-        t.feed_side(b"S\x0022\x00");
         t.feed_output(
             &[
                 b"out1\r\n".to_vec(),
                 mark("33"),
-                b"E\x0033\x000\x00/\x00out2".to_vec(),
+                b"E\x0033\x000\x00/\x0034\x00out2".to_vec(),
             ]
             .concat(),
         );
         t.feed_output(&mark("44"));
         t.feed_output(b"$ ");
-        t.feed_side(b"E\x0044\x007\x00/tmp\x00");
+        t.feed_side(b"E\x0044\x007\x00/tmp\x0045\x00");
         let Response::Exec(r) = exec.await.unwrap() else {
             panic!()
         };
         assert_eq!(r.state, "exited");
         assert_eq!(r.exit_code, Some(7));
         assert_eq!(r.cwd.as_deref(), Some("/tmp"));
-        assert_eq!(r.output.head, "out1\nE330/out2");
+        assert_eq!(r.output.head, "out1\nE330/34out2");
     }
 }
