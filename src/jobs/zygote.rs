@@ -55,7 +55,7 @@ pub fn main(spare_socket: &Path) -> i32 {
 }
 
 fn spare_main(spare_socket: &Path) -> i32 {
-    restore_sigchld();
+    default_signals();
     let _ = rustix::process::setsid();
     // Orphaned descendants of the job are re-parented here, so a kill can find them.
     let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
@@ -153,12 +153,31 @@ fn ignore_sigchld() {
     }
 }
 
-/// Supervisors must see their children exit, and jobs must not inherit SIG_IGN.
+/// Supervisors must see their children exit, and jobs and session shells
+/// must not inherit an ignored signal: a server started in the background
+/// by a non-interactive shell (`nohup mcpsh serve &`, CI) has SIGINT and
+/// SIGQUIT ignored, and a command started under it would then never stop
+/// on Ctrl-C. Ignored dispositions survive exec, so every one a job could
+/// meet is set back to the default here, once per supervisor.
 #[allow(unsafe_code)]
-fn restore_sigchld() {
-    // SAFETY: restoring the default disposition installs no handler code.
-    unsafe {
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+fn default_signals() {
+    for sig in [
+        libc::SIGCHLD,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGHUP,
+        libc::SIGTERM,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+    ] {
+        // SAFETY: restoring the default disposition installs no handler code.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
     }
 }
 

@@ -31,8 +31,10 @@ const SCROLLBACK: usize = 1000;
 /// Output quiet this long before a command is checked for waiting on input.
 const QUIET_FOR_INPUT: Duration = Duration::from_millis(400);
 /// How long `exec` waits, at a quiet prompt, for readline to take the
-/// terminal (seen as bracketed paste turned on) before typing anyway.
-const READLINE_WAIT: Duration = Duration::from_millis(300);
+/// terminal (seen as bracketed paste turned on, which the start-up file
+/// asks for) before typing anyway: long enough for slow prompt hooks, which
+/// run after the end is reported.
+const READLINE_WAIT: Duration = Duration::from_millis(1500);
 /// How long typing waits for a terminal whose input is full.
 const INPUT_WAIT: Duration = Duration::from_secs(5);
 /// Side-channel events kept while waiting for their marks.

@@ -122,6 +122,11 @@ class Session:
 # --------------------------------------------------------------------------- servers
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,7 +200,11 @@ class Server:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, port: int | None = None, timeout: float = 20.0, extra: tuple[str, ...] = ()) -> None:
+    def start(
+        self, port: int | None = None, timeout: float = 20.0, extra: tuple[str, ...] = (), ignore_sigint: bool = False
+    ) -> None:
+        """Start `mcpsh serve`. With `ignore_sigint`, as a non-interactive shell starts a
+        background command (`mcpsh serve &`): SIGINT and SIGQUIT ignored."""
         assert self.transport == "http"
         flags = [] if self.auth else ["--insecure-no-auth"]
         for _ in range(5):
@@ -207,6 +216,7 @@ class Server:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
+                    preexec_fn=_ignore_sigint if ignore_sigint else None,
                 )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:

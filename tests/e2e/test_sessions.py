@@ -96,6 +96,27 @@ async def test_a_command_that_never_returns_is_busy_then_ctrl_c_stops_it(one):
     assert (r["output"]["head"], r["exit_code"]) == ("after\n", 0), r.text
 
 
+async def test_ctrl_c_works_when_the_server_was_started_with_sigint_ignored(tmp_path):
+    # `mcpsh serve &` from a script (or CI) starts it with SIGINT ignored; commands
+    # in sessions and jobs must still stop on Ctrl-C.
+    server = Server("http")
+    try:
+        server.start(ignore_sigint=True)
+        async with server.connect("auto") as mcp:
+            await mcp.session("open", name="int")
+            r = await mcp.session("exec", name="int", cmd="sleep 60", wait=1)
+            assert r["state"] == "running", r.text
+            await mcp.session("write", name="int", keys=["ctrl-c"])
+            _, last = await read_until(mcp, "int", lambda _t, r: r["info"]["running"] is None)
+            assert last["info"]["last"]["exit_code"] == 130, last.text
+            j = await mcp.bash("sleep 60", wait=0, interactive=True)
+            await mcp.job("write", id=j["job"], keys=["ctrl-c"])
+            done, _ = await mcp.wait_done(j["job"], timeout=10)
+            assert done.get("signal") == 2 or done.get("exit_code") == 130, done.text
+    finally:
+        server.cleanup()
+
+
 async def test_a_python_repl_driven_by_write_and_read(one):
     await one.session("open", name="py")
     r = await one.session("exec", name="py", cmd="python3 -i -q", wait=10)
