@@ -863,7 +863,7 @@ mod tests {
         let (t, mut rx, _d) = term();
         // First prompt.
         t.feed_side(b"E\x001\x000\x00/home\x0022\x00");
-        t.feed_output(&[mark("1"), b"$ ".to_vec()].concat());
+        t.feed_output(&[mark("1"), b"\x1b[?2004h$ ".to_vec()].concat());
         let t2 = t.clone();
         let exec = tokio::spawn(async move {
             t2.handle(Request::Exec {
