@@ -236,7 +236,12 @@ impl Jobs {
             )));
         }
         let id = self
-            .insert_row("local", &req, Some(cwd.to_string_lossy().into_owned()))
+            .insert_row(
+                "local",
+                &req,
+                Some(cwd.to_string_lossy().into_owned()),
+                None,
+            )
             .await?;
 
         let mut env = self.base_env(&id, req.tty.is_some());
@@ -327,11 +332,14 @@ impl Jobs {
 
     /// Inserts the `running` row of a new job on `host`, under the
     /// concurrency limit; returns its id.
+    /// Insert the job's row; `owner` is the process that runs it when known
+    /// now (the server itself for an SSH job).
     async fn insert_row(
         &self,
         host: &str,
         req: &StartRequest,
         cwd: Option<String>,
+        owner: Option<(i32, u64)>,
     ) -> Result<String, JobError> {
         let store = self.inner.store.clone();
         let max = self.inner.cfg.max_concurrent;
@@ -352,6 +360,8 @@ impl Jobs {
                     cwd: cwd.clone(),
                     tty,
                     interactive,
+                    sup_pid: owner.map(|o| o.0),
+                    sup_start: owner.map(|o| o.1),
                     ..JobRow::running(id.clone(), host.clone(), cmd.clone(), now_ms())
                 };
                 // The supervisor creates the job's directory when it first
@@ -376,7 +386,10 @@ impl Jobs {
             )));
         };
         let cwd = req.cwd.as_ref().map(|c| c.to_string_lossy().into_owned());
-        let id = self.insert_row(&req.host, &req, cwd.clone()).await?;
+        // The server owns the job: a restart finds it lost.
+        let id = self
+            .insert_row(&req.host, &req, cwd.clone(), server_identity())
+            .await?;
         let mut env = self.base_env(&id, req.tty.is_some());
         env.extend(req.env.iter().cloned());
         let fail = |e: JobError| async {
@@ -426,12 +439,6 @@ impl Jobs {
                 (RemoteProc::Channel(ch), Some(stdin))
             }
         };
-        // The server owns the job: a restart finds it lost.
-        if let Some((pid, start)) = server_identity() {
-            let store = inner.store.clone();
-            let jid = id.clone();
-            let _ = quick(&inner.store, move || store.set_supervisor(&jid, pid, start)).await;
-        }
         let (pid_tx, pid_rx) = watch::channel(None);
         let job = Arc::new(RemoteJob {
             alias: req.host.clone(),

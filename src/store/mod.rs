@@ -224,12 +224,13 @@ impl Store {
         self.conn.try_lock().is_ok()
     }
 
-    /// Insert a new running job. Returns false when the id is already taken.
+    /// Insert a new running job (with its owner, when already known).
+    /// Returns false when the id is already taken.
     pub fn insert_job(&self, row: &JobRow) -> Result<bool, StoreError> {
         self.with(|c| {
             let n = c.execute(
-                "INSERT OR IGNORE INTO jobs (id, host, title, cmd, cwd, status, created_ms, tty, interactive) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR IGNORE INTO jobs (id, host, title, cmd, cwd, status, created_ms, tty, interactive, \
+                 sup_pid, sup_start) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     row.id,
                     row.host,
@@ -239,7 +240,9 @@ impl Store {
                     row.status.as_str(),
                     row.created_ms,
                     row.tty,
-                    row.interactive
+                    row.interactive,
+                    row.sup_pid,
+                    row.sup_start.map(|s| s as i64)
                 ],
             )?;
             Ok(n == 1)
