@@ -150,26 +150,6 @@ pub(crate) async fn kill_tree(
     }
 }
 
-/// A signal name of an SSH exit-signal message as a number.
-fn signal_number(name: &str) -> Option<i32> {
-    Some(match name.trim_start_matches("SIG") {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "ILL" => 4,
-        "ABRT" => 6,
-        "FPE" => 8,
-        "KILL" => 9,
-        "USR1" => 10,
-        "SEGV" => 11,
-        "USR2" => 12,
-        "PIPE" => 13,
-        "ALRM" => 14,
-        "TERM" => 15,
-        _ => return None,
-    })
-}
-
 /// Where a driver writes.
 pub(super) struct Sink {
     pub spool: SpoolWriter,
@@ -307,7 +287,7 @@ pub(super) async fn drive(d: Driver, mut ch: crate::ssh::RemoteProc, mut sink: S
     let ended_by = lock(&job.ended_by).clone();
     let (code, signal) = exit.clone().unwrap_or((None, None));
     let exit_code = code.map(|c| c as i32);
-    let signal = signal.as_deref().and_then(signal_number);
+    let signal = signal.as_deref().and_then(crate::ssh::signal_number);
     let (status, kill, reason) = match (ended_by, &lost) {
         (Some((EndedBy::Timeout, k)), _) => (
             "timed_out",

@@ -608,19 +608,10 @@ pub(crate) fn nonblocking(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 /// Write `status.json` atomically (temp file + rename), mode 0600, creating
 /// the job directory if the job left nothing else.
 fn write_status(spec: &Spec, status: &ExitStatus) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = spec.dir.join(".status.json.tmp");
-    let result = (|| -> io::Result<()> {
-        crate::fsutil::create_private_dir(&spec.dir)?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec(status).map_err(io::Error::other)?)?;
-        std::fs::rename(&tmp, spec.dir.join(STATUS_FILE))
-    })();
+    let result = crate::fsutil::create_private_dir(&spec.dir).and_then(|()| {
+        let data = serde_json::to_vec(status).map_err(io::Error::other)?;
+        crate::fsutil::write_private(&spec.dir.join(STATUS_FILE), &data)
+    });
     if let Err(e) = result {
         tracing::error!(job = %spec.id, "cannot write exit status: {e}");
     }

@@ -13,11 +13,11 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use super::proto::{CONTROL_SOCKET, Ended, OpenSpec, STATUS_FILE, Started};
+use super::proto::{CONTROL_SOCKET, OpenSpec, Started};
 use super::shell::{self, SIDE_FD};
 use super::term::{Input, Probe, Reading, Term};
+use crate::jobs::procs;
 use crate::jobs::supervisor::{nonblocking, read_output as read};
-use crate::jobs::{now_ms, procs};
 
 /// Input bytes held for a terminal that does not read them yet.
 const MAX_PENDING: usize = 1 << 20;
@@ -144,7 +144,7 @@ pub async fn host(
     }
     let reason = reason.unwrap_or_else(|| "the shell ended".into());
     term.set_exited(reason.clone());
-    write_status(&spec, &reason);
+    super::write_ended(&spec.dir, &reason);
     let _ = std::fs::remove_file(&sock);
     // Waiters hear the end before the process goes.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -253,17 +253,6 @@ fn hang_up(shell_pid: i32) {
 fn end_tree() {
     let me = rustix::process::getpid().as_raw_nonzero().get();
     procs::kill_tree(me, Duration::from_millis(500));
-}
-
-fn write_status(spec: &OpenSpec, reason: &str) {
-    let ended = Ended {
-        reason: reason.to_owned(),
-        ended_ms: now_ms(),
-    };
-    let data = serde_json::to_vec(&ended).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_private(&spec.dir.join(STATUS_FILE), &data) {
-        tracing::error!(session = %spec.name, "cannot write the session status: {e}");
-    }
 }
 
 /// Is the terminal's foreground program blocked reading it? `read(2)` on

@@ -236,7 +236,7 @@ impl Sessions {
             (None, false) => shell_default.to_owned(),
         };
         for (k, _) in &req.env {
-            if !remote::valid_name(k) {
+            if !crate::ssh::cmdline::valid_env_name(k) {
                 return Err(SessionError::Invalid(format!(
                     "env name {k:?} is not a valid variable name"
                 )));
@@ -506,13 +506,16 @@ fn ended_reason(dir: &Path) -> String {
         .unwrap_or_else(|| "lost: its host process is gone without a status".into())
 }
 
+/// Record why the session in `dir` ended (`status.json`, 0600, atomic).
 fn write_ended(dir: &Path, reason: &str) {
     let ended = Ended {
         reason: reason.to_owned(),
         ended_ms: crate::store::now_ms(),
     };
-    let _ = crate::fsutil::write_private(
+    if let Err(e) = crate::fsutil::write_private(
         &dir.join(STATUS_FILE),
         &serde_json::to_vec(&ended).unwrap_or_default(),
-    );
+    ) {
+        tracing::error!("cannot write {}: {e}", dir.join(STATUS_FILE).display());
+    }
 }

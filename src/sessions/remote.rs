@@ -178,7 +178,7 @@ fn shell_command(spec: &OpenSpec, fifo: &str) -> Result<String, String> {
         cmd.push_str(&format!("cd -- {} || exit 1; ", quote(&cwd)));
     }
     for (k, v) in &spec.env {
-        if !valid_name(k) {
+        if !crate::ssh::cmdline::valid_env_name(k) {
             return Err(format!("env name {k:?} is not a valid variable name"));
         }
         cmd.push_str(&format!("export {k}={}; ", quote(v)));
@@ -189,11 +189,4 @@ fn shell_command(spec: &OpenSpec, fifo: &str) -> Result<String, String> {
         quote(&spec.name)
     ));
     Ok(cmd)
-}
-
-pub(super) fn valid_name(k: &str) -> bool {
-    let mut c = k.chars();
-    c.next()
-        .is_some_and(|f| f == '_' || f.is_ascii_alphabetic())
-        && c.all(|x| x == '_' || x.is_ascii_alphanumeric())
 }

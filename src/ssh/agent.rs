@@ -237,7 +237,7 @@ async fn dispatch(agent: &Agent, kind: u8, id: u32, payload: Bytes) {
             let text = String::from_utf8_lossy(&payload);
             let (code, signal) = match text.split_at_checked(1) {
                 Some(("c", n)) => (n.parse().ok(), None),
-                Some(("s", n)) => (None, Some(signal_name(n))),
+                Some(("s", n)) => (None, n.parse().ok().map(super::signal_name)),
                 _ => (None, None),
             };
             Frame::Exit(code, signal)
@@ -254,27 +254,6 @@ async fn dispatch(agent: &Agent, kind: u8, id: u32, payload: Bytes) {
             lock(&agent.jobs).remove(&id);
         }
     }
-}
-
-/// Signal names as a channel's exit-signal gives them.
-fn signal_name(n: &str) -> String {
-    match n {
-        "1" => "HUP",
-        "2" => "INT",
-        "3" => "QUIT",
-        "4" => "ILL",
-        "6" => "ABRT",
-        "8" => "FPE",
-        "9" => "KILL",
-        "10" => "USR1",
-        "11" => "SEGV",
-        "12" => "USR2",
-        "13" => "PIPE",
-        "14" => "ALRM",
-        "15" => "TERM",
-        other => return format!("SIG{other}"),
-    }
-    .to_owned()
 }
 
 /// A remote command: on its own channel, or started by the exec agent.

@@ -94,12 +94,7 @@ impl Script {
 
     /// Exports `key` (checked: `[A-Za-z_][A-Za-z0-9_]*`) with `value`.
     pub fn export(&mut self, key: &str, value: &[u8]) -> Result<&mut Script, String> {
-        let valid = key
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !valid {
+        if !valid_env_name(key) {
             return Err(format!(
                 "env variable {key:?} cannot be set on an SSH host: names there must be \
                  letters, digits and '_', not starting with a digit"
@@ -129,6 +124,15 @@ pub fn argv<S: AsRef<[u8]>>(argv: &[S]) -> Result<String, TooLong> {
     }
     s.raw("exec \"$@\"");
     s.finish()
+}
+
+/// A variable name a POSIX shell can export: letters, digits and `_`, not
+/// starting with a digit.
+pub fn valid_env_name(key: &str) -> bool {
+    key.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 #[cfg(test)]

@@ -53,3 +53,34 @@ pub enum SshError {
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Signal numbers and the names SSH exit-signal messages use for them.
+const SIGNALS: &[(i32, &str)] = &[
+    (1, "HUP"),
+    (2, "INT"),
+    (3, "QUIT"),
+    (4, "ILL"),
+    (6, "ABRT"),
+    (8, "FPE"),
+    (9, "KILL"),
+    (10, "USR1"),
+    (11, "SEGV"),
+    (12, "USR2"),
+    (13, "PIPE"),
+    (14, "ALRM"),
+    (15, "TERM"),
+];
+
+/// The number of an SSH signal name (`TERM` or `SIGTERM`).
+pub fn signal_number(name: &str) -> Option<i32> {
+    let name = name.trim_start_matches("SIG");
+    SIGNALS.iter().find(|(_, n)| *n == name).map(|(k, _)| *k)
+}
+
+/// The SSH name of signal `n` (`SIG<n>` for one SSH has no name for).
+pub fn signal_name(n: i32) -> String {
+    SIGNALS
+        .iter()
+        .find(|(k, _)| *k == n)
+        .map_or_else(|| format!("SIG{n}"), |(_, name)| (*name).to_owned())
+}
