@@ -384,9 +384,14 @@ async fn exit_recorded(server: StdStream) -> Option<StdStream> {
 /// has yet.
 fn bind_control(spec: &Spec) -> io::Result<UnixListener> {
     crate::fsutil::create_private_dir(&spec.dir)?;
+    // Clients wait for the socket's name to appear, so it appears only once
+    // the socket listens: bound under a shorter name, then renamed (a name
+    // bound but not yet listening refuses connections).
     let sock = spec.dir.join(CONTROL_SOCKET);
-    let _ = std::fs::remove_file(&sock);
-    let listener = StdListener::bind(&sock)?;
+    let fresh = spec.dir.join("ctl.new");
+    let _ = std::fs::remove_file(&fresh);
+    let listener = StdListener::bind(&fresh)?;
+    std::fs::rename(&fresh, &sock)?;
     listener.set_nonblocking(true)?;
     UnixListener::from_std(listener)
 }
