@@ -235,14 +235,26 @@ impl Jobs {
                 cwd.display()
             )));
         }
-        let id = self
+        // The supervisor is chosen first so that the row names it from the
+        // start: a restart can always re-adopt the job, and the start path
+        // writes one row, not two.
+        let spare = inner.zygote.take().await?;
+        let owner = (spare.pid, spare.start);
+        let id = match self
             .insert_row(
                 "local",
                 &req,
                 Some(cwd.to_string_lossy().into_owned()),
-                None,
+                Some(owner),
             )
-            .await?;
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                inner.zygote.put_back(spare);
+                return Err(e);
+            }
+        };
 
         let mut env = self.base_env(&id, req.tty.is_some());
         env.extend(req.env);
@@ -263,7 +275,7 @@ impl Jobs {
             segment_size: inner.cfg.segment_size,
             output_cap: inner.cfg.output_cap,
         };
-        let spare = match inner.zygote.start_job(&spec).await {
+        let spare = match inner.zygote.give(spare, &spec).await {
             Ok(spare) => spare,
             Err(e) => {
                 let end = JobEnd {
@@ -285,19 +297,20 @@ impl Jobs {
         let (pid, start) = (spare.pid, spare.start);
         let (tx, rx) = watch::channel(Progress::default());
         lock(&inner.live).insert(id.clone(), rx);
-        // Recording the supervisor is off the start path: the watcher does it
-        // before anything else, so a restart can always re-adopt the job.
         let this = self.clone();
         let jid = id.clone();
         inner.tracker.spawn(async move {
-            let store = this.inner.store.clone();
-            let rid = jid.clone();
-            if let Err(e) = quick(&this.inner.store, move || {
-                store.set_supervisor(&rid, pid, start)
-            })
-            .await
-            {
-                tracing::error!(job = %jid, "cannot record the supervisor: {e}");
+            if (pid, start) != owner {
+                // The chosen spare had died while idle and another took the job.
+                let store = this.inner.store.clone();
+                let rid = jid.clone();
+                if let Err(e) = quick(&this.inner.store, move || {
+                    store.set_supervisor(&rid, pid, start)
+                })
+                .await
+                {
+                    tracing::error!(job = %jid, "cannot record the supervisor: {e}");
+                }
             }
             this.watch_job(jid, pid, start, tx, Some(spare.stream))
                 .await

@@ -328,38 +328,22 @@ impl Zygote {
         Ok((child, stdin))
     }
 
-    /// Hand `spec` to an idle spare (waiting for one if none is ready) and
-    /// order a replacement. Returns the supervisor's pid and the connection
-    /// that now carries the job's events.
-    pub async fn start_job(&self, spec: &Spec) -> Result<Spare, JobError> {
-        self.hand_over(spec).await
-    }
-
-    /// Hand any task (a job [`Spec`], a session's `OpenSpec`) to an idle spare.
-    pub async fn hand_over(&self, spec: &impl Serialize) -> Result<Spare, JobError> {
-        let mut line = serde_json::to_vec(spec).map_err(|e| JobError::Spawn(e.to_string()))?;
-        line.push(b'\n');
+    /// Take an idle spare, waiting for one (and asking the zygote for it)
+    /// when a burst emptied the pool.
+    pub async fn take(&self) -> Result<Spare, JobError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut asked = false;
         loop {
             let arrived = self.arrived.notified();
-            let spare = lock(&self.idle).pop();
-            match spare {
-                Some(mut spare) => {
-                    if spare.stream.write_all(&line).await.is_ok() {
-                        return Ok(spare);
-                    }
-                    // That spare died while idle; take the next one.
-                    continue;
+            if let Some(spare) = lock(&self.idle).pop() {
+                return Ok(spare);
+            }
+            // A burst emptied the pool: fork now rather than wait for a job to end.
+            if !asked {
+                if self.pending.load(SeqCst) == 0 {
+                    self.request(1).await?;
                 }
-                // A burst emptied the pool: fork now rather than wait for a job to end.
-                None if !asked => {
-                    if self.pending.load(SeqCst) == 0 {
-                        self.request(1).await?;
-                    }
-                    asked = true;
-                }
-                None => {}
+                asked = true;
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
                 return Err(JobError::Spawn(
@@ -367,5 +351,31 @@ impl Zygote {
                 ));
             }
         }
+    }
+
+    /// Return a spare that was taken but given no task.
+    pub fn put_back(&self, spare: Spare) {
+        lock(&self.idle).push(spare);
+        self.arrived.notify_waiters();
+    }
+
+    /// Give `task` (a job [`Spec`], a session's `OpenSpec`) to `spare`, or,
+    /// if it died while idle, to the next one. Returns the supervisor that
+    /// took it, with the connection that now carries its events.
+    pub async fn give(&self, mut spare: Spare, task: &impl Serialize) -> Result<Spare, JobError> {
+        let mut line = serde_json::to_vec(task).map_err(|e| JobError::Spawn(e.to_string()))?;
+        line.push(b'\n');
+        loop {
+            if spare.stream.write_all(&line).await.is_ok() {
+                return Ok(spare);
+            }
+            spare = self.take().await?;
+        }
+    }
+
+    /// Hand a task to whichever spare is idle.
+    pub async fn hand_over(&self, task: &impl Serialize) -> Result<Spare, JobError> {
+        let spare = self.take().await?;
+        self.give(spare, task).await
     }
 }

@@ -3,7 +3,7 @@
 
 use rusqlite::{Row, params};
 
-use super::{Store, StoreError};
+use super::{Cached, Store, StoreError};
 
 /// One audit row.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -126,7 +126,7 @@ impl Store {
 
     /// Remove rows older than `before_ms`; returns how many.
     pub fn prune_audit(&self, before_ms: i64) -> Result<usize, StoreError> {
-        self.with(|c| c.execute("DELETE FROM audit WHERE ts_ms < ?1", params![before_ms]))
+        self.with(|c| c.exec_cached("DELETE FROM audit WHERE ts_ms < ?1", params![before_ms]))
     }
 
     /// Audit rows matching `f`, oldest first.

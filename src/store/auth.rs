@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Store, StoreError};
+use super::{Cached, Store, StoreError};
 
 /// A user who can log in through the browser flow.
 #[derive(Debug, Clone)]
@@ -181,7 +181,7 @@ impl Store {
     /// Create a user or replace its password, scopes and hosts.
     pub fn upsert_user(&self, u: &UserRow) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
+            c.exec_cached(
                 "INSERT INTO users (name, phc, scopes, hosts, created_ms, updated_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
                  phc = excluded.phc, scopes = excluded.scopes, hosts = excluded.hosts, \
@@ -195,7 +195,7 @@ impl Store {
     /// Create a user only if there is no user at all; false when one exists.
     pub fn insert_first_user(&self, u: &UserRow) -> Result<bool, StoreError> {
         self.with(|c| {
-            let n = c.execute(
+            let n = c.exec_cached(
                 "INSERT INTO users (name, phc, scopes, hosts, created_ms, updated_ms) \
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (SELECT 1 FROM users)",
                 params![u.name, u.phc, u.scopes, u.hosts, u.created_ms, u.updated_ms],
@@ -206,7 +206,7 @@ impl Store {
 
     pub fn get_user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
         self.with(|c| {
-            c.query_row(
+            c.one_cached(
                 "SELECT name, phc, scopes, hosts, created_ms, updated_ms FROM users WHERE name = ?1",
                 params![name],
                 user_from_row,
@@ -217,7 +217,7 @@ impl Store {
 
     pub fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
         self.with(|c| {
-            c.prepare(
+            c.prepare_cached(
                 "SELECT name, phc, scopes, hosts, created_ms, updated_ms FROM users ORDER BY name",
             )?
             .query_map([], user_from_row)?
@@ -228,7 +228,7 @@ impl Store {
     pub fn insert_client(&self, cl: &ClientRow) -> Result<(), StoreError> {
         let uris = serde_json::to_string(&cl.redirect_uris).unwrap_or_else(|_| "[]".into());
         self.with(|c| {
-            c.execute(
+            c.exec_cached(
                 "INSERT OR REPLACE INTO oauth_clients (client_id, secret_hash, name, redirect_uris, \
                  auth_method, scope, from_url, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
@@ -248,7 +248,7 @@ impl Store {
 
     pub fn get_client(&self, client_id: &str) -> Result<Option<ClientRow>, StoreError> {
         self.with(|c| {
-            c.query_row(
+            c.one_cached(
                 "SELECT client_id, secret_hash, name, redirect_uris, auth_method, scope, from_url, \
                  created_ms FROM oauth_clients WHERE client_id = ?1",
                 params![client_id],
@@ -260,7 +260,7 @@ impl Store {
 
     pub fn insert_grant(&self, g: &GrantRow) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
+            c.exec_cached(
                 &format!(
                     "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
                 ),
@@ -284,7 +284,7 @@ impl Store {
 
     pub fn get_grant(&self, id: &str) -> Result<Option<GrantRow>, StoreError> {
         self.with(|c| {
-            c.query_row(
+            c.one_cached(
                 &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
                 params![id],
                 grant_from_row,
@@ -296,7 +296,7 @@ impl Store {
     /// Grants newest first; `live_at` keeps only unrevoked, unexpired ones.
     pub fn list_grants(&self, live_at: Option<i64>) -> Result<Vec<GrantRow>, StoreError> {
         self.with(|c| {
-            c.prepare(&format!(
+            c.prepare_cached(&format!(
                 "SELECT {GRANT_COLUMNS} FROM grants WHERE ?1 IS NULL OR \
                  (revoked_ms IS NULL AND expires_ms > ?1) ORDER BY created_ms DESC"
             ))?
@@ -308,7 +308,7 @@ impl Store {
     /// Record a refresh of a grant, sliding its expiry.
     pub fn touch_grant(&self, id: &str, now_ms: i64, expires_ms: i64) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
+            c.exec_cached(
                 "UPDATE grants SET refreshed_ms = ?2, expires_ms = ?3 WHERE id = ?1",
                 params![id, now_ms, expires_ms],
             )
@@ -321,11 +321,11 @@ impl Store {
     pub fn revoke_grant(&self, id: &str, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
-            let n = tx.execute(
+            let n = tx.exec_cached(
                 "UPDATE grants SET revoked_ms = ?2, revoke_reason = ?3 WHERE id = ?1 AND revoked_ms IS NULL",
                 params![id, now_ms, reason],
             )?;
-            tx.execute(
+            tx.exec_cached(
                 "UPDATE tokens SET revoked_ms = ?2 WHERE grant_id = ?1 AND revoked_ms IS NULL",
                 params![id, now_ms],
             )?;
@@ -336,7 +336,7 @@ impl Store {
 
     pub fn insert_code(&self, code: &CodeRow) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
+            c.exec_cached(
                 "INSERT INTO auth_codes (hash, grant_id, redirect_uri, challenge, expires_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
@@ -355,7 +355,7 @@ impl Store {
     pub fn take_code(&self, hash: &str, now_ms: i64) -> Result<Take<CodeRow>, StoreError> {
         self.with(|c| {
             let fresh = c
-                .query_row(
+                .one_cached(
                     "UPDATE auth_codes SET used_ms = ?2 WHERE hash = ?1 AND used_ms IS NULL \
                      RETURNING hash, grant_id, redirect_uri, challenge, expires_ms",
                     params![hash, now_ms],
@@ -374,7 +374,7 @@ impl Store {
                 return Ok(Take::Fresh(code));
             }
             let used: Option<String> = c
-                .query_row(
+                .one_cached(
                     "SELECT grant_id FROM auth_codes WHERE hash = ?1",
                     params![hash],
                     |r| r.get(0),
@@ -389,7 +389,7 @@ impl Store {
 
     pub fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
+            c.exec_cached(
                 "INSERT INTO tokens (hash, id, kind, name, user_name, client_id, grant_id, scopes, hosts, \
                  created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
@@ -447,7 +447,7 @@ impl Store {
     pub fn take_refresh(&self, hash: &str, now_ms: i64) -> Result<Take<TokenRow>, StoreError> {
         self.with(|c| {
             let fresh = c
-                .query_row(
+                .one_cached(
                     &format!(
                         "UPDATE tokens SET used_ms = ?2 WHERE hash = ?1 AND kind = 'refresh' \
                          AND used_ms IS NULL AND revoked_ms IS NULL RETURNING {}",
@@ -461,7 +461,7 @@ impl Store {
                 return Ok(Take::Fresh(t));
             }
             let seen: Option<Option<String>> = c
-                .query_row(
+                .one_cached(
                     "SELECT grant_id FROM tokens WHERE hash = ?1 AND kind = 'refresh'",
                     params![hash],
                     |r| r.get(0),
@@ -478,7 +478,7 @@ impl Store {
     /// with it. Returns the grant revoked, if any.
     pub fn revoke_token_hash(&self, hash: &str, now_ms: i64) -> Result<Option<String>, StoreError> {
         let grant: Option<(String, Option<String>)> = self.with(|c| {
-            c.query_row(
+            c.one_cached(
                 "UPDATE tokens SET revoked_ms = coalesce(revoked_ms, ?2) WHERE hash = ?1 \
                  RETURNING kind, grant_id",
                 params![hash, now_ms],
@@ -498,7 +498,7 @@ impl Store {
     /// Revoke personal tokens by id or name; returns the ids revoked.
     pub fn revoke_pat(&self, id_or_name: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
-            c.prepare(
+            c.prepare_cached(
                 "UPDATE tokens SET revoked_ms = ?2 WHERE kind = 'pat' AND revoked_ms IS NULL \
                  AND (id = ?1 OR name = ?1) RETURNING id",
             )?
@@ -510,7 +510,7 @@ impl Store {
     /// Personal tokens, newest first.
     pub fn list_pats(&self) -> Result<Vec<TokenRow>, StoreError> {
         self.with(|c| {
-            c.prepare(&format!(
+            c.prepare_cached(&format!(
                 "SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.kind = 'pat' ORDER BY t.created_ms DESC"
             ))?
             .query_map([], token_from_row)?

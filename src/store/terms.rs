@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Store, StoreError};
+use super::{Cached, Store, StoreError};
 
 /// One terminal session.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -45,7 +45,7 @@ impl Store {
     /// Insert an open session. False when `(host, name)` already has one.
     pub fn insert_term(&self, row: &TermRow) -> Result<bool, StoreError> {
         self.with(|c| {
-            let n = c.execute(
+            let n = c.exec_cached(
                 "INSERT OR IGNORE INTO terms (id, name, host, dir, shell, sup_pid, sup_start, created_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
@@ -98,7 +98,7 @@ impl Store {
     /// Mark a session closed with why; only an open row changes.
     pub fn close_term(&self, id: &str, reason: &str, at_ms: i64) -> Result<bool, StoreError> {
         self.with(|c| {
-            let n = c.execute(
+            let n = c.exec_cached(
                 "UPDATE terms SET closed_ms = ?2, reason = ?3 WHERE id = ?1 AND closed_ms IS NULL",
                 params![id, at_ms, reason],
             )?;
@@ -120,7 +120,10 @@ impl Store {
     }
 
     pub fn delete_term(&self, id: &str) -> Result<(), StoreError> {
-        self.with(|c| c.execute("DELETE FROM terms WHERE id = ?1", [id]).map(drop))
+        self.with(|c| {
+            c.exec_cached("DELETE FROM terms WHERE id = ?1", [id])
+                .map(drop)
+        })
     }
 }
 
