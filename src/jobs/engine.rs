@@ -557,10 +557,20 @@ impl Jobs {
                                 tx.send_modify(|p| p.bytes = bytes);
                             }
                             Ok(Event::Exit(status)) => {
-                                let (end, recorded) = self.finalize(&id, status).await;
+                                if !handed {
+                                    let (end, _) = self.finalize(&id, status).await;
+                                    tx.send_modify(|p| p.end = Some(end));
+                                    lock(&self.inner.live).remove(&id);
+                                    return;
+                                }
+                                let (end, recorded) = self.record_end(&id, status).await;
                                 tx.send_modify(|p| p.end = Some(end));
                                 lock(&self.inner.live).remove(&id);
-                                if handed && recorded {
+                                // The call waiting for this job answers first;
+                                // taking its supervisor back is not on its path.
+                                tokio::task::yield_now().await;
+                                let mut back = false;
+                                if recorded {
                                     // The supervisor need not write status.json,
                                     // and may come back on this connection.
                                     let confirmed = write
@@ -571,8 +581,11 @@ impl Jobs {
                                         && reader.buffer().is_empty()
                                         && let Ok(stream) = reader.into_inner().reunite(write)
                                     {
-                                        self.inner.zygote.welcome(stream, false).await;
+                                        back = self.inner.zygote.welcome(stream, false).await;
                                     }
+                                }
+                                if !back {
+                                    self.replenish_soon();
                                 }
                                 return;
                             }
@@ -614,9 +627,14 @@ impl Jobs {
 
     /// Record a job's end; returns its status and whether the row was written.
     async fn finalize(&self, id: &str, status: ExitStatus) -> (JobStatus, bool) {
-        // A job ended. Its supervisor normally comes back as a spare; if it
-        // does not (its job left processes behind), fork a replacement, after
-        // a moment so as not to compete with the next start.
+        self.replenish_soon();
+        self.record_end(id, status).await
+    }
+
+    /// A job ended and its supervisor did not come back as a spare (its job
+    /// left processes behind, or it answered elsewhere): fork a replacement,
+    /// after a moment so as not to compete with the next start.
+    fn replenish_soon(&self) {
         let zygote = self.inner.zygote.clone();
         self.inner.tracker.spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -624,7 +642,6 @@ impl Jobs {
                 tracing::warn!("cannot prepare spare supervisors: {e}");
             }
         });
-        self.record_end(id, status).await
     }
 
     /// Writes a job's end to its row; returns its status and whether the row

@@ -352,16 +352,27 @@ async fn conclude(
 /// that connection after the `Exit`, so it may turn non-blocking meanwhile;
 /// the server sends nothing after the confirmation, so none is over-read.
 async fn exit_recorded(server: StdStream) -> Option<StdStream> {
-    use tokio::io::AsyncReadExt;
+    use std::io::Read;
     server.set_nonblocking(true).ok()?;
-    let mut stream = UnixStream::from_std(server).ok()?;
+    // Read interest only: registered for writing too, this process would be
+    // woken for nothing when the server reads the `Exit` and frees buffer
+    // space, at the moment the server's answer to the agent is being made.
+    // SAFETY: the AsyncFd owns the stream, whose descriptor stays open and
+    // the same until `into_inner` gives the stream back.
+    #[allow(unsafe_code)]
+    let fd =
+        unsafe { AsyncFd::register_with_interest(server, tokio::io::Interest::READABLE) }.ok()?;
     let mut line = Vec::new();
     let mut buf = [0u8; 64];
     let read = async {
         while !line.ends_with(b"\n") && line.len() < 1024 {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => line.extend_from_slice(&buf[..n]),
+            let Ok(mut ready) = fd.readable().await else {
+                return false;
+            };
+            match ready.try_io(|s| s.get_ref().read(&mut buf)) {
+                Ok(Ok(0) | Err(_)) => return false,
+                Ok(Ok(n)) => line.extend_from_slice(&buf[..n]),
+                Err(_would_block) => continue,
             }
         }
         true
@@ -375,7 +386,7 @@ async fn exit_recorded(server: StdStream) -> Option<StdStream> {
     ) {
         return None;
     }
-    let server = stream.into_std().ok()?;
+    let server = fd.into_inner();
     server.set_nonblocking(false).ok()?;
     Some(server)
 }

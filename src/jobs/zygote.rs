@@ -240,7 +240,7 @@ impl Zygote {
                     _ = cancel.cancelled() => break,
                 };
                 if let Ok((stream, _)) = conn {
-                    this.welcome(stream, true).await;
+                    let _ = this.welcome(stream, true).await;
                 }
             }
             let _ = std::fs::remove_file(&this.socket);
@@ -248,15 +248,16 @@ impl Zygote {
         self.replenish().await
     }
 
-    /// Read a spare's greeting and put it in the pool. `fresh` is false for
-    /// a supervisor coming back on the connection of its finished job.
-    pub async fn welcome(&self, stream: tokio::net::UnixStream, fresh: bool) {
+    /// Read a spare's greeting and put it in the pool; false if none came.
+    /// `fresh` is false for a supervisor coming back on the connection of
+    /// its finished job.
+    pub async fn welcome(&self, stream: tokio::net::UnixStream, fresh: bool) -> bool {
         let mut reader = tokio::io::BufReader::new(stream);
         let mut line = String::new();
         let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-        let Ok(Ok(n)) = read else { return };
+        let Ok(Ok(n)) = read else { return false };
         let Ok(hello) = serde_json::from_str::<Hello>(&line[..n]) else {
-            return;
+            return false;
         };
         // The greeting is the only thing a spare sends before its spec, so
         // nothing is left in the reader's buffer.
@@ -271,6 +272,7 @@ impl Zygote {
                 .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
         }
         self.arrived.notify_waiters();
+        true
     }
 
     /// Top the pool up to [`SPARES`], counting those on their way. Called when

@@ -104,7 +104,7 @@ async fn run(
     } = prep;
     let host = req.host.clone();
     let id = jobs.start(req).await.map_err(|e| e.to_string())?;
-    tracing::info!(job = %id, host = %host, "started");
+    tracing::debug!(job = %id, host = %host, "started");
 
     let progress = Progress::new(ctx);
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
