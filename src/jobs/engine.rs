@@ -851,7 +851,7 @@ impl Jobs {
                 Ok(Event::Ok { detail: None })
             }
             Request::Signal { signal } => {
-                let pid = (*job.pid.borrow()).ok_or_else(|| {
+                let pid = job.started_pid().await.ok_or_else(|| {
                     JobError::Control("the remote command has not started yet".into())
                 })?;
                 let exec = crate::ssh::cmdline::argv(&[

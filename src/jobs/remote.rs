@@ -40,6 +40,20 @@ pub(super) struct RemoteJob {
     pub done: Notify,
 }
 
+impl RemoteJob {
+    /// The remote pid, waiting briefly for it: the exec agent reports it a
+    /// few milliseconds after the start (with the first output or the exit
+    /// when those come sooner).
+    pub(super) async fn started_pid(&self) -> Option<u32> {
+        let mut rx = self.pid.clone();
+        let wait = rx.wait_for(Option::is_some);
+        match tokio::time::timeout(Duration::from_secs(5), wait).await {
+            Ok(Ok(pid)) => *pid,
+            _ => *self.pid.borrow(),
+        }
+    }
+}
+
 /// The exec string of a job: print the pid, enter `cwd`, export `env`, then
 /// run `cmd` with bash (or sh where there is no bash), or exec it directly
 /// when it is plain words.
@@ -331,7 +345,11 @@ pub(super) async fn end_tree(
     grace: Duration,
     why: EndedBy,
 ) -> Result<KillReport, JobError> {
-    let Some(pid) = pid.or(*job.pid.borrow()) else {
+    let pid = match pid {
+        Some(pid) => Some(pid),
+        None => job.started_pid().await,
+    };
+    let Some(pid) = pid else {
         return Err(JobError::Control(
             "the remote command has not started yet; try again in a moment".into(),
         ));

@@ -6,8 +6,10 @@
 # P (pid), O (output, stdout and stderr merged), X (exit: cN or sN).
 # Each command runs in its own session with stdin from /dev/null; its exit
 # is reported once its output ends, or 100 ms after it exits if background
-# processes keep the output open. EOF on stdin (the connection is gone)
-# ends the agent, not the commands.
+# processes keep the output open. A pid waits up to 3 ms for the command's
+# first output or exit, and the frames of one turn of the loop leave in one
+# write: a short command costs the connection one message, not two. EOF on
+# stdin (the connection is gone) ends the agent, not the commands.
 use strict; use warnings;
 use POSIX ();
 use Time::HiRes ();
@@ -16,19 +18,22 @@ binmode STDIN; binmode STDOUT;
 pipe(my $sr, my $sw) or exit 1;
 for my $fh ($sr, $sw) { my $f = fcntl($fh, 3, 0); fcntl($fh, 4, $f | 04000); }
 $SIG{CHLD} = sub { syswrite($sw, 'c') };
-my (%job, %bypid, $in);
-$in = '';
+my (%job, %bypid, $in, $out);
+$in = ''; $out = '';
 sub put {
   my ($t, $id, $p) = @_;
-  my $f = pack('NaN', 5 + length($p), $t, $id) . $p;
-  while (length $f) {
-    my $n = syswrite(STDOUT, $f);
+  if ($t ne 'P' && $job{$id} && defined $job{$id}{pp}) { delete $job{$id}{pp}; put('P', $id, $job{$id}{pid}) }
+  $out .= pack('NaN', 5 + length($p), $t, $id) . $p;
+}
+sub flush {
+  while (length $out) {
+    my $n = syswrite(STDOUT, $out);
     if (!defined $n) { next if $!{EINTR} || $!{EAGAIN}; exit 0 }
-    substr($f, 0, $n, '');
+    substr($out, 0, $n, '');
   }
 }
 my $sh = (grep { -x "$_/bash" } split /:/, ($ENV{PATH} // '')) ? 'bash' : 'sh';
-put('R', 0, "1 $sh");
+put('R', 0, "1 $sh"); flush();
 sub start {
   my ($id, $p) = @_;
   my @f = split /\0/, $p, -1;
@@ -55,9 +60,8 @@ sub start {
   }
   close $w;
   my $fl = fcntl($r, 3, 0); fcntl($r, 4, $fl | 04000);
-  $job{$id} = { pid => $pid, fh => $r, open => 1 };
+  $job{$id} = { pid => $pid, fh => $r, open => 1, pp => Time::HiRes::time() + 0.003 };
   $bypid{$pid} = $id;
-  put('P', $id, $pid);
 }
 while (1) {
   my $rin = '';
@@ -67,9 +71,11 @@ while (1) {
   # has closed its output but is not reaped yet; with commands running,
   # children are looked for at least once a second whatever the signals do.
   my $wait = %job ? 1 : undef;
+  my $now = Time::HiRes::time();
   for my $j (values %job) {
     vec($rin, fileno($j->{fh}), 1) = 1 if $j->{open};
-    $wait = 0.02 if defined $j->{st} || !$j->{open};
+    $wait = 0.02 if (defined $j->{st} || !$j->{open}) && $wait > 0.02;
+    if (defined $j->{pp}) { my $d = $j->{pp} - $now; $d = 0 if $d < 0; $wait = $d if $d < $wait }
   }
   my $n = select(my $rout = $rin, undef, undef, $wait);
   if ($n < 0) { next if $!{EINTR}; exit 1 }
@@ -107,6 +113,9 @@ while (1) {
       }
       put('X', $id, $j->{st});
       delete $job{$id};
+      next;
     }
+    if (defined $j->{pp} && Time::HiRes::time() >= $j->{pp}) { delete $j->{pp}; put('P', $id, $j->{pid}) }
   }
+  flush();
 }
