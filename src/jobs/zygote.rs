@@ -76,9 +76,14 @@ fn spare_main(spare_socket: &Path) -> i32 {
     };
     // Serve jobs one after another: a supervisor whose job left no process
     // behind becomes a spare again, so steady work needs no fork per job.
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    let hello = Hello {
+        pid,
+        start: super::procs::stat(pid).map(|s| s.start).unwrap_or(0),
+    };
     let mut conn = None;
     loop {
-        match take_job(spare_socket, conn.take()) {
+        match take_job(spare_socket, &hello, conn.take()) {
             None => return 0,
             // A session's host lives as long as its shell, then exits.
             Some((Task::Session(spec), server)) => return ready.run_session(spec, server),
@@ -101,20 +106,20 @@ enum Task {
     Session(crate::sessions::proto::OpenSpec),
 }
 
-/// Greet the server as an idle spare and wait for a task: its spec and the
+/// Greet the server as an idle spare (`hello`, computed once per process)
+/// and wait for a task: its spec and the
 /// connection that will carry its events. `conn` is the connection of the
 /// previous job, if the server confirmed that job's end on it.
-fn take_job(spare_socket: &Path, conn: Option<UnixStream>) -> Option<(Task, UnixStream)> {
+fn take_job(
+    spare_socket: &Path,
+    hello: &Hello,
+    conn: Option<UnixStream>,
+) -> Option<(Task, UnixStream)> {
     let mut server = match conn {
         Some(c) => c,
         None => UnixStream::connect(spare_socket).ok()?,
     };
-    let pid = rustix::process::getpid().as_raw_nonzero().get();
-    let hello = Hello {
-        pid,
-        start: super::procs::stat(pid).map(|s| s.start).unwrap_or(0),
-    };
-    let mut hello = serde_json::to_vec(&hello).ok()?;
+    let mut hello = serde_json::to_vec(hello).ok()?;
     hello.push(b'\n');
     server.write_all(&hello).ok()?;
     let mut line = String::new();
