@@ -107,9 +107,9 @@ enum Task {
 }
 
 /// Greet the server as an idle spare (`hello`, computed once per process)
-/// and wait for a task: its spec and the
-/// connection that will carry its events. `conn` is the connection of the
-/// previous job, if the server confirmed that job's end on it.
+/// and wait for a task: its spec and the connection that will carry its
+/// events. `conn` is the connection of the previous job, if the server
+/// confirmed that job's end on it.
 fn take_job(
     spare_socket: &Path,
     hello: &Hello,
