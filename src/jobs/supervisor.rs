@@ -228,6 +228,11 @@ async fn supervise(
                         if main_status.is_none() {
                             main_status = reap(spawned.pid);
                         }
+                        if main_status.is_none() {
+                            // Woken early (a signal) or not: look once more.
+                            await_exit(spawned.pid, EXIT_AFTER_EOF);
+                            main_status = reap(spawned.pid);
+                        }
                         continue;
                     }
                 };
@@ -452,6 +457,30 @@ fn exit_status(
 
 /// Reap every exited child (we are a subreaper, so orphans land here too);
 /// return the main child's status if it was among them.
+/// A process's output closes as it exits, a moment before it can be reaped
+/// (its files are closed before its parent is told). Waiting that moment
+/// out here, on a pidfd, ends a job sooner than the way round through
+/// SIGCHLD, its handler and the runtime; a job that closed its output and
+/// goes on running costs this wait once.
+const EXIT_AFTER_EOF: Duration = Duration::from_millis(2);
+
+/// Block up to `limit` until `pid` (a child) has exited, a signal comes,
+/// or at once where pidfds are not available.
+fn await_exit(pid: i32, limit: Duration) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let Some(pid) = Pid::from_raw(pid) else {
+        return;
+    };
+    let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: limit.as_nanos() as _,
+    };
+    let _ = poll(&mut [PollFd::new(&fd, PollFlags::IN)], Some(&timeout));
+}
+
 fn reap(main_pid: i32) -> Option<rustix::process::WaitStatus> {
     let mut main = None;
     while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
