@@ -475,8 +475,8 @@ fn await_exit(pid: i32, limit: Duration) {
         return;
     };
     let timeout = Timespec {
-        tv_sec: 0,
-        tv_nsec: limit.as_nanos() as _,
+        tv_sec: limit.as_secs() as _,
+        tv_nsec: limit.subsec_nanos() as _,
     };
     let _ = poll(&mut [PollFd::new(&fd, PollFlags::IN)], Some(&timeout));
 }
@@ -674,5 +674,35 @@ fn finish_listener(listener: UnixListener, status: &ExitStatus) {
         let _ = s.set_nonblocking(false);
         let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
         let _ = s.write_all(&line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `await_exit` returns once the child can be reaped, and not before:
+    /// a reap right after it finds an exited child, a running one is left be.
+    #[test]
+    fn await_exit_returns_when_the_child_can_be_reaped() {
+        for _ in 0..20 {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            await_exit(child.id() as i32, Duration::from_secs(10));
+            assert!(
+                child.try_wait().unwrap().is_some(),
+                "exited child not reapable"
+            );
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        await_exit(child.id() as i32, Duration::from_millis(20));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "a running child was taken as exited"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
