@@ -557,22 +557,16 @@ impl Jobs {
                                 tx.send_modify(|p| p.bytes = bytes);
                             }
                             Ok(Event::Exit(status)) => {
-                                if !handed {
-                                    let (end, _) = self.finalize(&id, status).await;
-                                    tx.send_modify(|p| p.end = Some(end));
-                                    lock(&self.inner.live).remove(&id);
-                                    return;
-                                }
                                 let (end, recorded) = self.record_end(&id, status).await;
                                 tx.send_modify(|p| p.end = Some(end));
                                 lock(&self.inner.live).remove(&id);
-                                // The call waiting for this job answers first;
-                                // taking its supervisor back is not on its path.
-                                tokio::task::yield_now().await;
                                 let mut back = false;
-                                if recorded {
-                                    // The supervisor need not write status.json,
-                                    // and may come back on this connection.
+                                if handed && recorded {
+                                    // The call waiting for this job answers
+                                    // first; taking its supervisor back (it
+                                    // need not write status.json) is not on
+                                    // that path.
+                                    tokio::task::yield_now().await;
                                     let confirmed = write
                                         .write_all(&request_line(&Request::ExitRecorded))
                                         .await;
