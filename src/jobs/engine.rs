@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::conn::Conn;
 use super::jobdir::{
     control_request, dir_size, end_from_status, enforce_quota, open_spool, read_status,
     spool_totals,
@@ -20,7 +20,8 @@ use super::jobdir::{
 use super::proto::{CONTROL_SOCKET, Event, ExitStatus, KillReport, Request, Spec, StdinMode};
 use super::remote::{self, EndedBy, RemoteJob};
 use super::spool::SpoolReader;
-use super::{JobError, id, lock, now_ms, procs, zygote::Zygote};
+use super::zygote::{Spare, Zygote};
+use super::{JobError, id, lock, now_ms, procs};
 use crate::config::JobsConfig;
 use crate::ssh::{Pool, RemoteProc, Run};
 use crate::store::{JobEnd, JobRow, JobStatus, Store};
@@ -312,8 +313,7 @@ impl Jobs {
                     tracing::error!(job = %jid, "cannot record the supervisor: {e}");
                 }
             }
-            this.watch_job(jid, pid, start, tx, Some(spare.stream))
-                .await
+            this.watch_job(jid, pid, start, tx, Some(spare.conn)).await
         });
         Ok(id)
     }
@@ -416,6 +416,7 @@ impl Jobs {
                     ended_ms: now_ms(),
                     total_bytes: 0,
                     kill: None,
+                    again: false,
                 },
             )
             .await;
@@ -527,65 +528,61 @@ impl Jobs {
         pid: i32,
         start: u64,
         tx: watch::Sender<Progress>,
-        handed: Option<UnixStream>,
+        handed: Option<Conn>,
     ) {
         let dir = self.job_dir(&id);
         let sock = dir.join(CONTROL_SOCKET);
-        let mut next_stream = handed.map(|s| (s, true));
+        let mut next_conn = handed.map(|c| (c, true));
         loop {
-            let stream = match next_stream.take() {
-                Some(s) => Some(s),
-                None => match UnixStream::connect(&sock).await {
-                    Ok(mut s) => {
-                        let line = request_line(&Request::Watch);
-                        s.write_all(&line).await.ok().map(|()| (s, false))
-                    }
+            let conn = match next_conn.take() {
+                Some(c) => Some(c),
+                None => match UnixStream::connect(&sock).await.and_then(Conn::from_tokio) {
+                    Ok(c) => c
+                        .write_all(&request_line(&Request::Watch))
+                        .await
+                        .ok()
+                        .map(|()| (c, false)),
                     Err(_) => None,
                 },
             };
-            if let Some((stream, handed)) = stream {
-                let (read, mut write) = stream.into_split();
-                let mut lines = BufReader::new(read).lines();
+            if let Some((mut conn, handed)) = conn {
                 loop {
                     let next = tokio::select! {
-                        l = lines.next_line() => l,
+                        l = conn.read_line() => l,
                         _ = self.inner.cancel.cancelled() => return,
                     };
-                    match next {
-                        Ok(Some(l)) => match serde_json::from_str::<Event>(&l) {
-                            Ok(Event::Out { bytes }) => {
-                                tx.send_modify(|p| p.bytes = bytes);
-                            }
-                            Ok(Event::Exit(status)) => {
-                                let (end, recorded) = self.record_end(&id, status).await;
-                                tx.send_modify(|p| p.end = Some(end));
-                                lock(&self.inner.live).remove(&id);
-                                let mut back = false;
-                                if handed && recorded {
-                                    // The call waiting for this job answers
-                                    // first; taking its supervisor back (it
-                                    // need not write status.json) is not on
-                                    // that path.
-                                    tokio::task::yield_now().await;
-                                    let confirmed = write
-                                        .write_all(&request_line(&Request::ExitRecorded))
-                                        .await;
-                                    let reader = lines.into_inner();
-                                    if confirmed.is_ok()
-                                        && reader.buffer().is_empty()
-                                        && let Ok(stream) = reader.into_inner().reunite(write)
-                                    {
-                                        back = self.inner.zygote.welcome(stream, false).await;
-                                    }
+                    let Ok(Some(line)) = next else { break };
+                    match serde_json::from_slice::<Event>(&line) {
+                        Ok(Event::Out { bytes }) => {
+                            tx.send_modify(|p| p.bytes = bytes);
+                        }
+                        Ok(Event::Exit(status)) => {
+                            let again = status.again;
+                            let (end, recorded) = self.record_end(&id, status).await;
+                            tx.send_modify(|p| p.end = Some(end));
+                            lock(&self.inner.live).remove(&id);
+                            let mut back = false;
+                            if handed && recorded {
+                                // The call waiting for this job answers
+                                // first; confirming the exit (the supervisor
+                                // need not write status.json) and taking the
+                                // supervisor back are not on that path.
+                                tokio::task::yield_now().await;
+                                let confirmed = conn
+                                    .write_all(&request_line(&Request::ExitRecorded))
+                                    .await
+                                    .is_ok();
+                                if confirmed && again && conn.drained() {
+                                    self.inner.zygote.put_back(Spare { pid, start, conn });
+                                    back = true;
                                 }
-                                if !back {
-                                    self.replenish_soon();
-                                }
-                                return;
                             }
-                            _ => {}
-                        },
-                        _ => break,
+                            if !back {
+                                self.replenish_soon();
+                            }
+                            return;
+                        }
+                        _ => {}
                     }
                 }
             }

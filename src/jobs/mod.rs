@@ -6,6 +6,7 @@
 //! This module never speaks MCP or HTTP; it offers typed operations
 //! ([`Jobs::start`], [`Jobs::wait`], [`Jobs::kill`], ...) that `mcp/` and `cli/` call.
 
+mod conn;
 mod direct;
 mod engine;
 pub mod id;

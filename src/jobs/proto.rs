@@ -99,6 +99,13 @@ pub struct ExitStatus {
     pub ended_ms: i64,
     pub total_bytes: u64,
     pub kill: Option<KillReport>,
+    /// Set only in the `Exit` a supervisor sends on the connection it was
+    /// handed its job on, when the job left no process: once the server
+    /// confirms the exit (`ExitRecorded`), the supervisor waits on that
+    /// connection for its next task, back in the server's pool without
+    /// greeting it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub again: bool,
 }
 
 pub const STATUS_FILE: &str = "status.json";

@@ -333,6 +333,7 @@ pub(super) async fn drive(d: Driver, mut ch: crate::ssh::RemoteProc, mut sink: S
         ended_ms: now_ms(),
         total_bytes: sink.spool.total(),
         kill,
+        again: false,
     }
 }
 

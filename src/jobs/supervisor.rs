@@ -62,8 +62,9 @@ impl Ready {
 
     /// Run the job; `server` is the connection the job was handed over on,
     /// which receives its events like any watcher. Returns the exit code,
-    /// and the connection if the server confirmed the exit on it (it may then
-    /// carry this supervisor's next job).
+    /// and the connection when this supervisor told the server it can take
+    /// another job and the server confirmed the exit on it: the server has
+    /// then put it back in its pool, and the next job comes on it.
     pub fn run(&mut self, spec: Spec, server: StdStream) -> (i32, Option<StdStream>) {
         let Ready { rt, sigchld } = self;
         rt.block_on(supervise(spec, sigchld, server))
@@ -82,12 +83,16 @@ impl Ready {
     /// True when this process has no children left — as a subreaper, then it
     /// has no descendants at all and may take another job.
     pub fn childless(&self) -> bool {
-        loop {
-            match rustix::process::wait(WaitOptions::NOHANG) {
-                Ok(Some(_)) => continue, // reaped a straggler; look again
-                Ok(None) => return false,
-                Err(e) => return e == rustix::io::Errno::CHILD,
-            }
+        childless()
+    }
+}
+
+fn childless() -> bool {
+    loop {
+        match rustix::process::wait(WaitOptions::NOHANG) {
+            Ok(Some(_)) => continue, // reaped a straggler; look again
+            Ok(None) => return false,
+            Err(e) => return e == rustix::io::Errno::CHILD,
         }
     }
 }
@@ -101,6 +106,7 @@ fn failed(reason: String, total_bytes: u64) -> ExitStatus {
         ended_ms: now_ms(),
         total_bytes,
         kill: None,
+        again: false,
     }
 }
 
@@ -158,8 +164,14 @@ async fn supervise(
                 spec.cwd.display()
             );
             let status = failed(why, 0);
-            let _ = (&server).write_all(&event_line(&Event::Exit(status.clone())));
-            return (1, conclude(&spec, &status, server_ack).await);
+            let again = childless();
+            let exit = Event::Exit(ExitStatus {
+                again,
+                ..status.clone()
+            });
+            let _ = (&server).write_all(&event_line(&exit));
+            let server = conclude(&spec, &status, server_ack).await;
+            return (1, server.filter(|_| again));
         }
     };
     let mut stdin_task = None;
@@ -322,12 +334,22 @@ async fn supervise(
         // it, no socket of this job is left to find.
         let _ = std::fs::remove_file(spec.dir.join(CONTROL_SOCKET));
     }
-    broadcast(&ctx, &Event::Exit(status.clone()));
+    // Another job may follow on the server's connection when this one left
+    // no process (as a subreaper, this process would have inherited any)
+    // and no control client is still being answered.
+    let again = childless() && conns.is_empty();
+    broadcast(
+        &ctx,
+        &Event::Exit(ExitStatus {
+            again,
+            ..status.clone()
+        }),
+    );
     drop(ctx);
     if let Some(task) = stdin_task {
         task.abort();
     }
-    let server = conclude(&spec, &status, server_ack).await;
+    let server = conclude(&spec, &status, server_ack).await.filter(|_| again);
     // Let in-flight requests (a kill waiting for its report) answer before exiting.
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
@@ -354,10 +376,11 @@ async fn conclude(
 
 /// Wait (briefly) for `ExitRecorded` on the server connection; give the
 /// connection back, blocking again, when it came. Nothing else is written to
-/// that connection after the `Exit`, so it may turn non-blocking meanwhile;
-/// the server sends nothing after the confirmation, so none is over-read.
+/// that connection after the `Exit` until the confirmation, so it may turn
+/// non-blocking meanwhile. Right after it the server may send the next job's
+/// spec, so the confirmation is read up to its newline and not a byte more.
 async fn exit_recorded(server: StdStream) -> Option<StdStream> {
-    use std::io::Read;
+    use rustix::net::{RecvFlags, recv};
     server.set_nonblocking(true).ok()?;
     // Read interest only: registered for writing too, this process would be
     // woken for nothing when the server reads the `Exit` and frees buffer
@@ -374,10 +397,19 @@ async fn exit_recorded(server: StdStream) -> Option<StdStream> {
             let Ok(mut ready) = fd.readable().await else {
                 return false;
             };
-            match ready.try_io(|s| s.get_ref().read(&mut buf)) {
+            // Look first, then take what belongs to this line.
+            let peeked = ready.try_io(|s| Ok(recv(s.get_ref(), &mut buf, RecvFlags::PEEK)?.0));
+            let n = match peeked {
                 Ok(Ok(0) | Err(_)) => return false,
-                Ok(Ok(n)) => line.extend_from_slice(&buf[..n]),
+                Ok(Ok(n)) => buf[..n]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(n, |i| i + 1),
                 Err(_would_block) => continue,
+            };
+            match recv(fd.get_ref(), &mut buf[..n], RecvFlags::empty()) {
+                Ok((got, _)) if got > 0 => line.extend_from_slice(&buf[..got]),
+                _ => return false,
             }
         }
         true
@@ -452,6 +484,7 @@ fn exit_status(
         ended_ms: now_ms(),
         total_bytes,
         kill,
+        again: false,
     }
 }
 
@@ -704,5 +737,27 @@ mod tests {
         );
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// The server may send the next job's spec right behind the exit's
+    /// confirmation, and both may arrive in one read: the confirmation is
+    /// taken alone and the spec is left whole on the connection.
+    #[tokio::test]
+    async fn the_confirmation_is_read_without_the_spec_behind_it() {
+        let (ours, mut theirs) = StdStream::pair().unwrap();
+        let mut sent = serde_json::to_vec(&Request::ExitRecorded).unwrap();
+        sent.extend_from_slice(b"\n{\"id\":\"next-job\"}\n");
+        theirs.write_all(&sent).unwrap();
+        let back = exit_recorded(ours).await.expect("confirmation not seen");
+        let mut rest = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&back), &mut rest).unwrap();
+        assert_eq!(rest, "{\"id\":\"next-job\"}\n");
+
+        let (ours, mut theirs) = StdStream::pair().unwrap();
+        theirs.write_all(b"{\"op\":\"watch\"}\n").unwrap();
+        assert!(
+            exit_recorded(ours).await.is_none(),
+            "another request taken as the confirmation"
+        );
     }
 }

@@ -20,9 +20,10 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
+use super::conn::Conn;
 use super::proto::Spec;
 use super::{JobError, lock, supervisor};
 
@@ -89,12 +90,12 @@ fn spare_main(spare_socket: &Path) -> i32 {
             Some((Task::Session(spec), server)) => return ready.run_session(spec, server),
             Some((Task::Job(spec), server)) => {
                 let (code, back) = ready.run(spec, server);
-                if !ready.childless() {
-                    // Leftovers of the job are ours (subreaper); never mix
-                    // them with another job's tree.
-                    return code;
+                match back {
+                    // Back in the server's pool. Leftovers of a job would be
+                    // ours (subreaper): never mix them with another job's tree.
+                    Some(c) if ready.childless() => conn = Some(c),
+                    _ => return code,
                 }
-                conn = back;
             }
         }
     }
@@ -106,22 +107,26 @@ enum Task {
     Session(crate::sessions::proto::OpenSpec),
 }
 
-/// Greet the server as an idle spare (`hello`, computed once per process)
-/// and wait for a task: its spec and the connection that will carry its
-/// events. `conn` is the connection of the previous job, if the server
-/// confirmed that job's end on it.
+/// Wait for a task: its spec and the connection that will carry its events.
+/// `conn` is the connection of the previous job when the server confirmed
+/// that job's end on it, which put this supervisor back in its pool then;
+/// otherwise connect and greet the server as a new spare (`hello`, computed
+/// once per process).
 fn take_job(
     spare_socket: &Path,
     hello: &Hello,
     conn: Option<UnixStream>,
 ) -> Option<(Task, UnixStream)> {
-    let mut server = match conn {
+    let server = match conn {
         Some(c) => c,
-        None => UnixStream::connect(spare_socket).ok()?,
+        None => {
+            let mut c = UnixStream::connect(spare_socket).ok()?;
+            let mut hello = serde_json::to_vec(hello).ok()?;
+            hello.push(b'\n');
+            c.write_all(&hello).ok()?;
+            c
+        }
     };
-    let mut hello = serde_json::to_vec(hello).ok()?;
-    hello.push(b'\n');
-    server.write_all(&hello).ok()?;
     let mut line = String::new();
     match BufReader::new(&server).read_line(&mut line) {
         Ok(n) if n > 0 => {}
@@ -195,7 +200,7 @@ const SPARES: usize = 2;
 pub struct Spare {
     pub pid: i32,
     pub start: u64,
-    pub stream: tokio::net::UnixStream,
+    pub conn: Conn,
 }
 
 /// The server's side: the zygote process, the spare socket and the pool of
@@ -245,7 +250,7 @@ impl Zygote {
                     _ = cancel.cancelled() => break,
                 };
                 if let Ok((stream, _)) = conn {
-                    let _ = this.welcome(stream, true).await;
+                    let _ = this.welcome(stream).await;
                 }
             }
             let _ = std::fs::remove_file(&this.socket);
@@ -253,30 +258,30 @@ impl Zygote {
         self.replenish().await
     }
 
-    /// Read a spare's greeting and put it in the pool; false if none came.
-    /// `fresh` is false for a supervisor coming back on the connection of
-    /// its finished job.
-    pub async fn welcome(&self, stream: tokio::net::UnixStream, fresh: bool) -> bool {
-        let mut reader = tokio::io::BufReader::new(stream);
-        let mut line = String::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-        let Ok(Ok(n)) = read else { return false };
-        let Ok(hello) = serde_json::from_str::<Hello>(&line[..n]) else {
+    /// Read a new spare's greeting and put it in the pool; false if none came.
+    pub async fn welcome(&self, stream: tokio::net::UnixStream) -> bool {
+        let Ok(mut conn) = Conn::from_tokio(stream) else {
             return false;
         };
-        // The greeting is the only thing a spare sends before its spec, so
-        // nothing is left in the reader's buffer.
-        lock(&self.idle).push(Spare {
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_line()).await;
+        let Ok(Ok(Some(line))) = read else {
+            return false;
+        };
+        let Ok(hello) = serde_json::from_slice::<Hello>(&line) else {
+            return false;
+        };
+        // The greeting is the only thing a spare sends before its task.
+        if !conn.drained() {
+            return false;
+        }
+        let _ = self
+            .pending
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        self.put_back(Spare {
             pid: hello.pid,
             start: hello.start,
-            stream: reader.into_inner(),
+            conn,
         });
-        if fresh {
-            let _ = self
-                .pending
-                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
-        }
-        self.arrived.notify_waiters();
         true
     }
 
@@ -360,7 +365,8 @@ impl Zygote {
         }
     }
 
-    /// Return a spare that was taken but given no task.
+    /// Return a spare that was taken but given no task, or a supervisor
+    /// whose job ended and that waits for the next on the same connection.
     pub fn put_back(&self, spare: Spare) {
         lock(&self.idle).push(spare);
         self.arrived.notify_waiters();
@@ -373,7 +379,7 @@ impl Zygote {
         let mut line = serde_json::to_vec(task).map_err(|e| JobError::Spawn(e.to_string()))?;
         line.push(b'\n');
         loop {
-            if spare.stream.write_all(&line).await.is_ok() {
+            if spare.conn.write_all(&line).await.is_ok() {
                 return Ok(spare);
             }
             spare = self.take().await?;

@@ -323,7 +323,11 @@ impl Sessions {
             .await
             .map_err(|e| SessionError::Start(e.to_string()))?;
         let (pid, start) = (spare.pid, spare.start);
-        let mut reader = tokio::io::BufReader::new(spare.stream);
+        let stream = spare
+            .conn
+            .into_tokio()
+            .map_err(|e| SessionError::Start(format!("cannot talk to the session host: {e}")))?;
+        let mut reader = tokio::io::BufReader::new(stream);
         let mut line = String::new();
         let read = tokio::time::timeout(SLACK, reader.read_line(&mut line)).await;
         let started: Started = match read {
