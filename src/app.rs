@@ -108,6 +108,7 @@ impl App {
     /// `exe` is the mcpsh binary that serves as the job zygote.
     pub async fn start(config: Config, exe: PathBuf) -> Result<App, AppError> {
         let store = open_store(&config)?;
+        store.checkpoint_in_background()?;
         let tracker = TaskTracker::new();
         let cancel = CancellationToken::new();
         let ssh = match Pool::load_or_empty(config.ssh.clone()) {
