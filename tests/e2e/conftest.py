@@ -279,14 +279,18 @@ class Server:
     def cleanup(self) -> None:
         self.stop()
         needle = f"MCPSH_E2E_TOKEN={self.token}".encode()
-        for _ in range(5):
+        # SIGTERM first: a start-up file caught midway then runs its exit trap.
+        # Killed outright, `pyenv rehash` (run by pyenv's shell init in a
+        # session's bash) leaves its lock behind, and every later interactive
+        # shell of this user waits 60 s for it.
+        for attempt in range(6):
             pids = processes_with(needle)
             if not pids:
                 break
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+                    os.kill(pid, signal.SIGTERM if attempt == 0 else signal.SIGKILL)
+            time.sleep(0.3 if attempt == 0 else 0.1)
         shutil.rmtree(self.base, ignore_errors=True)
 
 

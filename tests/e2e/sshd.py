@@ -812,6 +812,16 @@ class SshLab:
         """Kill every sshd (with its sessions) and agent; remove the lab dir unless it lives
         in a caller's (pytest's) tmp dir."""
         errors = []
+        # What runs in the sessions is asked to end first (SIGTERM): a start-up
+        # file caught midway then runs its exit trap (see `Server.cleanup` in
+        # conftest.py).
+        asked = False
+        for sshd in self.sshds.values():
+            in_sessions = set(sshd.pids(sessions=True)) - set(sshd.pids(sessions=False))
+            _signal_all(in_sessions, signal.SIGTERM)
+            asked = asked or bool(in_sessions)
+        if asked:
+            time.sleep(0.3)
         for sshd in self.sshds.values():
             try:
                 sshd.kill(sessions=True)
