@@ -103,11 +103,13 @@ async fn run(
         budget,
     } = prep;
     let host = req.host.clone();
+    // `wait` counts from the call, not from the start: a start held up (a
+    // busy machine, a slow connect) does not stretch the answer past it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
     let id = jobs.start(req).await.map_err(|e| e.to_string())?;
     tracing::debug!(job = %id, host = %host, "started");
 
     let progress = Progress::new(ctx);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
     let waited = jobs
         .wait(&id, deadline, None, &ctx.ct, |p| {
             progress.report(&id, p.bytes)
