@@ -79,15 +79,11 @@ impl Ready {
         let Ready { rt, sigchld } = self;
         rt.block_on(crate::sessions::host_local(spec, sigchld, server))
     }
-
-    /// True when this process has no children left — as a subreaper, then it
-    /// has no descendants at all and may take another job.
-    pub fn childless(&self) -> bool {
-        childless()
-    }
 }
 
-fn childless() -> bool {
+/// True when this process has no children left — as a subreaper, then it
+/// has no descendants at all and may take another job.
+pub fn childless() -> bool {
     loop {
         match rustix::process::wait(WaitOptions::NOHANG) {
             Ok(Some(_)) => continue, // reaped a straggler; look again
@@ -488,8 +484,6 @@ fn exit_status(
     }
 }
 
-/// Reap every exited child (we are a subreaper, so orphans land here too);
-/// return the main child's status if it was among them.
 /// A process's output closes as it exits, a moment before it can be reaped
 /// (its files are closed before its parent is told). Waiting that moment
 /// out here, on a pidfd, ends a job sooner than the way round through
@@ -514,6 +508,8 @@ fn await_exit(pid: i32, limit: Duration) {
     let _ = poll(&mut [PollFd::new(&fd, PollFlags::IN)], Some(&timeout));
 }
 
+/// Reap every exited child (we are a subreaper, so orphans land here too);
+/// return the main child's status if it was among them.
 fn reap(main_pid: i32) -> Option<rustix::process::WaitStatus> {
     let mut main = None;
     while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {

@@ -93,7 +93,7 @@ fn spare_main(spare_socket: &Path) -> i32 {
                 match back {
                     // Back in the server's pool. Leftovers of a job would be
                     // ours (subreaper): never mix them with another job's tree.
-                    Some(c) if ready.childless() => conn = Some(c),
+                    Some(c) if supervisor::childless() => conn = Some(c),
                     _ => return code,
                 }
             }
@@ -250,7 +250,7 @@ impl Zygote {
                     _ = cancel.cancelled() => break,
                 };
                 if let Ok((stream, _)) = conn {
-                    let _ = this.welcome(stream).await;
+                    this.welcome(stream).await;
                 }
             }
             let _ = std::fs::remove_file(&this.socket);
@@ -258,21 +258,21 @@ impl Zygote {
         self.replenish().await
     }
 
-    /// Read a new spare's greeting and put it in the pool; false if none came.
-    pub async fn welcome(&self, stream: tokio::net::UnixStream) -> bool {
+    /// Read a new spare's greeting and put it in the pool.
+    async fn welcome(&self, stream: tokio::net::UnixStream) {
         let Ok(mut conn) = Conn::from_tokio(stream) else {
-            return false;
+            return;
         };
         let read = tokio::time::timeout(Duration::from_secs(5), conn.read_line()).await;
         let Ok(Ok(Some(line))) = read else {
-            return false;
+            return;
         };
         let Ok(hello) = serde_json::from_slice::<Hello>(&line) else {
-            return false;
+            return;
         };
         // The greeting is the only thing a spare sends before its task.
         if !conn.drained() {
-            return false;
+            return;
         }
         let _ = self
             .pending
@@ -282,7 +282,6 @@ impl Zygote {
             start: hello.start,
             conn,
         });
-        true
     }
 
     /// Top the pool up to [`SPARES`], counting those on their way. Called when
