@@ -64,6 +64,9 @@ struct Inner {
     shell: String,
     home: PathBuf,
     live: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+    /// Ends published to this server's callers and not yet in the store
+    /// (see [`Jobs::conclude`]); readers lay them over the row.
+    ending: Mutex<HashMap<String, JobEnd>>,
     ssh: Option<Pool>,
     remote: Mutex<HashMap<String, Arc<RemoteJob>>>,
     tracker: TaskTracker,
@@ -145,6 +148,7 @@ impl Jobs {
                 shell,
                 home,
                 live: Mutex::new(HashMap::new()),
+                ending: Mutex::new(HashMap::new()),
                 ssh,
                 remote: Mutex::new(HashMap::new()),
                 tracker,
@@ -490,9 +494,8 @@ impl Jobs {
                 grace,
             };
             let status = remote::drive(driver, ch, sink).await;
-            let (end, _) = this.record_end(&jid, status).await;
-            tx.send_modify(|p| p.end = Some(end));
-            lock(&this.inner.live).remove(&jid);
+            let end = this.end_of(&jid, &status);
+            this.conclude(&jid, end, &tx).await;
             lock(&this.inner.remote).remove(&jid);
         });
         Ok(id)
@@ -558,16 +561,13 @@ impl Jobs {
                         }
                         Ok(Event::Exit(status)) => {
                             let again = status.again;
-                            let (end, recorded) = self.record_end(&id, status).await;
-                            tx.send_modify(|p| p.end = Some(end));
-                            lock(&self.inner.live).remove(&id);
+                            let end = self.end_of(&id, &status);
+                            let recorded = self.conclude(&id, end, &tx).await;
                             let mut back = false;
                             if handed && recorded {
-                                // The call waiting for this job answers
-                                // first; confirming the exit (the supervisor
-                                // need not write status.json) and taking the
-                                // supervisor back are not on that path.
-                                tokio::task::yield_now().await;
+                                // Confirming the exit (the supervisor need
+                                // not write status.json) and taking the
+                                // supervisor back follow the row.
                                 let confirmed = conn
                                     .write_all(&request_line(&Request::ExitRecorded))
                                     .await
@@ -638,22 +638,58 @@ impl Jobs {
     /// Writes a job's end to its row; returns its status and whether the row
     /// was written.
     async fn record_end(&self, id: &str, status: ExitStatus) -> (JobStatus, bool) {
-        let dir = self.job_dir(id);
+        let end = self.end_of(id, &status);
+        (end.status, self.write_end(id, end).await)
+    }
+
+    /// A job's end as its row will hold it: `status` with the totals of its
+    /// spool.
+    fn end_of(&self, id: &str, status: &ExitStatus) -> JobEnd {
+        end_from_status(&self.job_dir(id), status)
+    }
+
+    /// Writes `end` to the job's row; returns whether it was written.
+    async fn write_end(&self, id: &str, end: JobEnd) -> bool {
         let store = self.inner.store.clone();
         let id = id.to_owned();
-        let recorded = quick(&self.inner.store, move || {
-            let end = end_from_status(&dir, &status);
+        let written = quick(&self.inner.store, move || {
             match store.finish_job(&id, &end) {
-                Ok(_) => (end.status, true),
+                Ok(_) => true,
                 Err(e) => {
                     tracing::error!(job = %id, "cannot record the job's end: {e}");
-                    (end.status, false)
+                    false
                 }
             }
         })
         .await;
         self.inner.cleanup.notify_one();
-        recorded
+        written
+    }
+
+    /// The end of a job this server watched: the call waiting for it answers
+    /// first, then the row is written, off that call's path (its readers here
+    /// see the end meanwhile, through [`Jobs::settle`]). A crash in between
+    /// loses nothing for a local job: its supervisor writes `status.json`
+    /// unless told the row holds the exit. Returns whether the row was written.
+    async fn conclude(&self, id: &str, end: JobEnd, tx: &watch::Sender<Progress>) -> bool {
+        let status = end.status;
+        lock(&self.inner.ending).insert(id.to_owned(), end.clone());
+        tx.send_modify(|p| p.end = Some(status));
+        tokio::task::yield_now().await;
+        let written = self.write_end(id, end).await;
+        lock(&self.inner.ending).remove(id);
+        lock(&self.inner.live).remove(id);
+        written
+    }
+
+    /// Lays over a running row the end this server has published but not
+    /// yet written.
+    fn settle(&self, row: &mut JobRow) {
+        if !row.status.is_final()
+            && let Some(end) = lock(&self.inner.ending).get(&row.id)
+        {
+            row.apply_end(end);
+        }
     }
 
     async fn mark_lost(&self, id: &str, reason: &str) {
@@ -744,9 +780,11 @@ impl Jobs {
     pub async fn row(&self, id: &str) -> Result<JobRow, JobError> {
         let store = self.inner.store.clone();
         let jid = id.to_owned();
-        blocking(move || store.get_job(&jid))
+        let mut row = blocking(move || store.get_job(&jid))
             .await?
-            .ok_or_else(|| JobError::NotFound(id.to_owned()))
+            .ok_or_else(|| JobError::NotFound(id.to_owned()))?;
+        self.settle(&mut row);
+        Ok(row)
     }
 
     /// Open the spool of `id` (a snapshot of its current length).
@@ -765,17 +803,20 @@ impl Jobs {
         T: Send + 'static,
         F: FnOnce(&JobRow, &SpoolReader) -> std::io::Result<(T, u64)> + Send + 'static,
     {
-        let store = self.inner.store.clone();
+        let this = self.clone();
         let dir = self.job_dir(id);
         let id = id.to_owned();
         let view = move || {
-            let row = store
+            let mut row = this
+                .inner
+                .store
                 .get_job(&id)?
                 .ok_or_else(|| JobError::NotFound(id.clone()))?;
+            this.settle(&mut row);
             let reader = open_spool(&dir, &row)?;
             let (view, cursor) = f(&row, &reader)?;
             if cursor != row.poll_cursor {
-                store.set_poll_cursor(&id, cursor)?;
+                this.inner.store.set_poll_cursor(&id, cursor)?;
             }
             Ok(view)
         };
@@ -788,7 +829,14 @@ impl Jobs {
 
     pub async fn list(&self, filter: crate::store::JobFilter) -> Result<Vec<JobRow>, JobError> {
         let store = self.inner.store.clone();
-        Ok(blocking(move || store.list_jobs(&filter)).await?)
+        let status = filter.status;
+        let mut rows = blocking(move || store.list_jobs(&filter)).await?;
+        for row in &mut rows {
+            self.settle(row);
+        }
+        // A job that ended a moment ago is no longer running.
+        rows.retain(|r| status.is_none_or(|s| r.status == s));
+        Ok(rows)
     }
 
     /// Send a control request to a running job.
@@ -968,4 +1016,62 @@ fn validate_env(env: &[(String, String)]) -> Result<(), JobError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Between answering a job's caller and writing its row, every reader of
+    /// this server (one row, a page, a list filtered by status) sees the end;
+    /// once it is gone from `ending` they see the store again.
+    #[tokio::test]
+    async fn an_end_not_yet_written_is_what_readers_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let jobs = Jobs::new(
+            JobsConfig::default(),
+            dir.path().join("jobs"),
+            store.clone(),
+            PathBuf::from("/nonexistent"),
+            None,
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let row = JobRow::running("j-1".into(), "local".into(), "true".into(), 1);
+        store.insert_job(&row).unwrap();
+        let end = JobEnd {
+            spool_bytes: 0,
+            status: JobStatus::Exited,
+            exit_code: Some(4),
+            signal: None,
+            reason: None,
+            ended_ms: 9,
+            total_bytes: 3,
+            total_lines: 1,
+        };
+        lock(&jobs.inner.ending).insert("j-1".into(), end);
+        let running = || crate::store::JobFilter {
+            status: Some(JobStatus::Running),
+            limit: 10,
+            ..Default::default()
+        };
+
+        let got = jobs.row("j-1").await.unwrap();
+        assert_eq!(
+            (got.status, got.exit_code, got.ended_ms),
+            (JobStatus::Exited, Some(4), Some(9))
+        );
+        let viewed = jobs
+            .read_view("j-1", true, |row, _| Ok(((row.status, row.total_bytes), 0)))
+            .await
+            .unwrap();
+        assert_eq!(viewed, (JobStatus::Exited, 3));
+        assert!(jobs.list(running()).await.unwrap().is_empty());
+
+        lock(&jobs.inner.ending).remove("j-1");
+        assert_eq!(jobs.row("j-1").await.unwrap().status, JobStatus::Running);
+        assert_eq!(jobs.list(running()).await.unwrap().len(), 1);
+    }
 }

@@ -134,6 +134,17 @@ impl JobRow {
             spool_deleted: false,
         }
     }
+
+    /// The row as [`Store::finish_job`] leaves it after `end`.
+    pub fn apply_end(&mut self, end: &JobEnd) {
+        self.status = end.status;
+        self.exit_code = end.exit_code;
+        self.signal = end.signal;
+        self.reason.clone_from(&end.reason);
+        self.ended_ms = Some(end.ended_ms);
+        self.total_bytes = end.total_bytes;
+        self.total_lines = end.total_lines;
+    }
 }
 
 /// The final facts of a finished job.
@@ -535,6 +546,34 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
+    }
+
+    /// What a server shows between publishing an end and writing it must be
+    /// what the store then holds.
+    #[test]
+    fn apply_end_leaves_a_row_as_finish_job_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let mut shown = JobRow {
+            title: Some("t".into()),
+            cwd: Some("/tmp".into()),
+            ..row("b-1", 7)
+        };
+        store.insert_job(&shown).unwrap();
+        let end = JobEnd {
+            spool_bytes: 11,
+            status: JobStatus::Killed,
+            exit_code: None,
+            signal: Some(9),
+            reason: Some("killed by job kill".into()),
+            ended_ms: 12,
+            total_bytes: 100,
+            total_lines: 4,
+        };
+        shown.apply_end(&end);
+        store.finish_job("b-1", &end).unwrap();
+        let stored = store.get_job("b-1").unwrap().unwrap();
+        assert_eq!(format!("{shown:?}"), format!("{stored:?}"));
     }
 
     /// With checkpoints in the background, commits leave the WAL to the
