@@ -1,8 +1,10 @@
 # mcpsh exec agent: runs on an SSH host for the life of one connection and
 # starts commands without a new SSH channel, login shell or sh each time.
+# Hosts with Python 3.8+ run agent.py instead, which speaks the same frames.
 # Frames both ways: u32 length (big-endian, of what follows), a type byte,
 # a u32 job id, the payload. In: S (start: cwd, env count, env pairs, argv
-# count, argv, each NUL-terminated). Out: R (ready: "1 bash" or "1 sh"),
+# count, argv, each NUL-terminated). Out: R (ready: "1 bash perl" or
+# "1 sh perl"; the last word names the agent),
 # P (pid), O (output, stdout and stderr merged), X (exit: cN or sN).
 # Each command runs in its own session with stdin from /dev/null; its exit
 # is reported once its output ends, or 100 ms after it exits if background
@@ -33,7 +35,7 @@ sub flush {
   }
 }
 my $sh = (grep { -x "$_/bash" } split /:/, ($ENV{PATH} // '')) ? 'bash' : 'sh';
-put('R', 0, "1 $sh"); flush();
+put('R', 0, "1 $sh perl"); flush();
 sub start {
   my ($id, $p) = @_;
   my @f = split /\0/, $p, -1;
