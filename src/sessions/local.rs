@@ -104,7 +104,8 @@ pub async fn host(
             },
             _ = sigchld.recv() => {
                 if let Some(r) = reap_shell(shell_pid) {
-                    reason = Some(r);
+                    // Why we hung it up (idle, closed) says more than the SIGHUP.
+                    reason.get_or_insert(r);
                     // Output still in the terminal is read before the end.
                     drain(&master, &mut buf, &term);
                     break;
