@@ -670,7 +670,9 @@ impl Jobs {
     /// first, then the row is written, off that call's path (its readers here
     /// see the end meanwhile, through [`Jobs::settle`]). A crash in between
     /// loses nothing for a local job: its supervisor writes `status.json`
-    /// unless told the row holds the exit. Returns whether the row was written.
+    /// unless told the row holds the exit. A remote job's row is then marked
+    /// lost on restart, as for any remote job the crash interrupted (its
+    /// output is in the spool). Returns whether the row was written.
     async fn conclude(&self, id: &str, end: JobEnd, tx: &watch::Sender<Progress>) -> bool {
         let status = end.status;
         lock(&self.inner.ending).insert(id.to_owned(), end.clone());
