@@ -35,7 +35,9 @@ def flush():
         try:
             n = os.write(1, data)
         except BlockingIOError:
-            select.select([], [1], [])
+            poller = select.poll()
+            poller.register(1, select.POLLOUT)
+            poller.poll()
             continue
         except OSError:
             os._exit(0)
@@ -136,10 +138,11 @@ while True:
             wait = 0.02
         if j['pp'] is not None:
             wait = min(wait, max(j['pp'] - now, 0))
-    try:
-        ready = set(select.select(fds, [], [], wait)[0])
-    except InterruptedError:
-        continue
+    # poll, not select: no limit on fd numbers.
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    ready = set(fd for fd, ev in poller.poll(None if wait is None else wait * 1000))
     if 0 in ready:
         got = os.read(0, 65536)
         if not got:
