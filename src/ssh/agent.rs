@@ -8,8 +8,8 @@
 //! login shell and `/bin/sh` as well (about 5 ms here).
 //!
 //! The agent is optional: it is started in the background after a
-//! connection's first command, and hosts without Perl (or whose agent dies)
-//! keep the channel path. Only commands with stdin from `/dev/null` and no
+//! connection's first command, and hosts with neither interpreter (or whose
+//! agent dies) keep the channel path. Only commands with stdin from `/dev/null` and no
 //! terminal use it; their output and exit come back as the same [`Chunk`]s a
 //! channel gives, the pid first as a line, as the channel wrapper prints it.
 
@@ -533,8 +533,12 @@ mod tests {
         assert_eq!(agent.finish(9).1, "mine\n", "{name}");
         // A background process keeping the output open does not hold the exit.
         let t = std::time::Instant::now();
-        agent.run(10, "", &[], &["bash", "-c", "sleep 30 & echo started"]);
-        let (_, out, exit) = agent.finish(10);
+        agent.run(10, "", &[], &["bash", "-c", "sleep 29.5 & echo started"]);
+        let (pid, out, exit) = agent.finish(10);
+        // The sleep is in the command's session and process group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", pid.unwrap())])
+            .status();
         assert_eq!((out.as_str(), exit.as_str()), ("started\n", "c0"), "{name}");
         assert!(
             t.elapsed() < Duration::from_secs(5),
