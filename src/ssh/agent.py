@@ -118,11 +118,12 @@ def read(fd):
 
 # Commands without a cwd start where sshd started us (the login directory).
 home = os.open('.', os.O_RDONLY)
-# posix_spawn's setsid needs glibc 2.26: an older one raises
-# NotImplementedError here, and the Perl agent takes over.
+# posix_spawn's setsid needs glibc 2.26 (an older one raises
+# NotImplementedError here): if this probe fails in any way, the Perl agent
+# takes over.
 try:
     os.waitpid(os.posix_spawn('/bin/sh', ['sh', '-c', ':'], {}, setsid=True), 0)
-except NotImplementedError:
+except Exception:
     os.execvp('perl', ['perl', '-e', sys.argv[1]])
 put(b'R', 0, b'1 ' + (b'bash' if which(b'bash', os.environb) else b'sh') + b' python')
 flush()
