@@ -31,7 +31,8 @@ use crate::store::{JobEnd, JobRow, JobStatus, Store};
 pub struct Progress {
     /// Bytes of output so far.
     pub bytes: u64,
-    /// Set once the job has ended and its row is final.
+    /// Set once the job has ended; its row may be written a moment later
+    /// (this server's readers see the end meanwhile; see `Jobs::conclude`).
     pub end: Option<JobStatus>,
 }
 
