@@ -102,17 +102,7 @@ fn list_scanning(
         .sort_by_file_name(|a, b| a.cmp(b))
         .filter_entry(move |e| counter.fetch_add(1, Ordering::Relaxed) < max_scanned && matches(e));
 
-    let end = opts.offset.saturating_add(opts.limit.max(1));
-    let mut listing = Listing {
-        dir: dir.display().to_string(),
-        entries: Vec::new(),
-        next_offset: None,
-        truncated: false,
-        scanned_limit_hit: false,
-    };
-    let mut used = 0;
-    // Position in the full listing of the next entry that would be listed.
-    let mut index = 0;
+    let mut page = Pager::new(dir, opts, budget);
     for entry in walk.build() {
         // Unreadable directories and vanished entries are left out.
         let Ok(entry) = entry else { continue };
@@ -124,29 +114,101 @@ fn list_scanning(
         if is_dir && !lists_dirs(&globs, path) {
             continue;
         }
-        let at = index;
-        index += 1;
-        if at < opts.offset {
-            continue;
-        }
-        if at >= end {
-            listing.next_offset = Some(at);
-            return Ok(listing);
-        }
+        let at = match page.place() {
+            Slot::Before => continue,
+            Slot::After => break,
+            Slot::On(at) => at,
+        };
         let Some(e) = stat(scope, dir, path) else {
             continue;
         };
-        let cost = e.path.len() + ENTRY_OVERHEAD;
-        if !listing.entries.is_empty() && used + cost > budget {
-            listing.truncated = true;
-            listing.next_offset = Some(at);
-            return Ok(listing);
+        if !page.push(at, e) {
+            break;
         }
-        used += cost;
-        listing.entries.push(e);
     }
-    listing.scanned_limit_hit = scanned.load(Ordering::Relaxed) > max_scanned;
-    Ok(listing)
+    Ok(page.finish(scanned.load(Ordering::Relaxed) > max_scanned))
+}
+
+/// Where the next entry of a walk falls against the page asked for.
+pub(super) enum Slot {
+    /// Before `offset`: skip it.
+    Before,
+    /// On the page, at this position of the full listing.
+    On(usize),
+    /// Past the page: the listing is complete (it names where the next page starts).
+    After,
+}
+
+/// Cuts a walk into the page `[offset, offset + limit)`, within a byte
+/// budget (at least one entry, so paging always advances). The local and the
+/// SSH listing share it, so their pages fit together the same way.
+pub(super) struct Pager {
+    listing: Listing,
+    offset: usize,
+    end: usize,
+    budget: usize,
+    used: usize,
+    /// Position in the full listing of the next entry that would be listed.
+    index: usize,
+    /// The page is complete; later entries are not looked at.
+    done: bool,
+}
+
+impl Pager {
+    pub(super) fn new(dir: &Path, opts: &ListOptions, budget: usize) -> Pager {
+        Pager {
+            listing: Listing {
+                dir: dir.display().to_string(),
+                entries: Vec::new(),
+                next_offset: None,
+                truncated: false,
+                scanned_limit_hit: false,
+            },
+            offset: opts.offset,
+            end: opts.offset.saturating_add(opts.limit.max(1)),
+            budget,
+            used: 0,
+            index: 0,
+            done: false,
+        }
+    }
+
+    /// Place the next listable entry of the walk.
+    pub(super) fn place(&mut self) -> Slot {
+        let at = self.index;
+        self.index += 1;
+        if at < self.offset {
+            Slot::Before
+        } else if at >= self.end {
+            self.listing.next_offset = Some(at);
+            self.done = true;
+            Slot::After
+        } else {
+            Slot::On(at)
+        }
+    }
+
+    /// Add the entry placed at `at`; false when the budget is spent, which
+    /// ends the page there.
+    pub(super) fn push(&mut self, at: usize, e: Entry) -> bool {
+        let cost = e.path.len() + ENTRY_OVERHEAD;
+        if !self.listing.entries.is_empty() && self.used + cost > self.budget {
+            self.listing.truncated = true;
+            self.listing.next_offset = Some(at);
+            self.done = true;
+            return false;
+        }
+        self.used += cost;
+        self.listing.entries.push(e);
+        true
+    }
+
+    /// The page; `scan_cut` says the walk stopped at its bound (reported
+    /// only when the walk ran out rather than the page filling up).
+    pub(super) fn finish(mut self, scan_cut: bool) -> Listing {
+        self.listing.scanned_limit_hit = !self.done && scan_cut;
+        self.listing
+    }
 }
 
 /// `dir` must be a directory inside the scope.

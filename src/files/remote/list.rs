@@ -12,7 +12,7 @@ use ignore::overrides::Override;
 
 use crate::files::FileError;
 use crate::files::list::{
-    ENTRY_OVERHEAD, Entry, ListOptions, Listing, MAX_SCANNED, lists_dirs, not_a_dir, overrides,
+    Entry, ListOptions, Listing, MAX_SCANNED, Pager, Slot, lists_dirs, not_a_dir, overrides,
 };
 use crate::ssh::sftp::{Attrs, DirEntry};
 
@@ -48,42 +48,21 @@ pub(super) async fn list_scanning(
         },
     )
     .await?;
-    let end = opts.offset.saturating_add(opts.limit.max(1));
-    let mut listing = Listing {
-        dir: dir.display().to_string(),
-        entries: Vec::new(),
-        next_offset: None,
-        truncated: false,
-        scanned_limit_hit: false,
-    };
-    let mut used = 0;
-    // Position in the full listing of the next entry that would be listed.
-    let mut index = 0;
+    let mut page = Pager::new(dir, opts, budget);
     while let Some(found) = walk.next().await {
         if found.attrs.is_dir() && !lists_dirs(&globs, &found.path) {
             continue;
         }
-        let at = index;
-        index += 1;
-        if at < opts.offset {
-            continue;
+        let at = match page.place() {
+            Slot::Before => continue,
+            Slot::After => break,
+            Slot::On(at) => at,
+        };
+        if !page.push(at, entry(dir, &found)) {
+            break;
         }
-        if at >= end {
-            listing.next_offset = Some(at);
-            return Ok(listing);
-        }
-        let e = entry(dir, &found);
-        let cost = e.path.len() + ENTRY_OVERHEAD;
-        if !listing.entries.is_empty() && used + cost > budget {
-            listing.truncated = true;
-            listing.next_offset = Some(at);
-            return Ok(listing);
-        }
-        used += cost;
-        listing.entries.push(e);
     }
-    listing.scanned_limit_hit = walk.scanned > max_scanned || walk.cut;
-    Ok(listing)
+    Ok(page.finish(walk.scanned > max_scanned || walk.cut))
 }
 
 fn entry(dir: &Path, found: &Found) -> Entry {
